@@ -1,0 +1,1 @@
+//! A bounded, key-deduplicating async executor for long operations (see issue 2).

@@ -1,0 +1,1 @@
+//! The typed object store: metadata, optimistic concurrency, watch (see issue 3).

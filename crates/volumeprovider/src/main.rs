@@ -1,0 +1,5 @@
+//! `cephvol`: the daemon and its CLI.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

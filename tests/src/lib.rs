@@ -1,0 +1,1 @@
+//! End-to-end tests over the public surfaces of cephvol (see `tests/tests/`).
