@@ -1,5 +1,35 @@
-//! `cargo xtask`: test, ceph up/down, integration, bench, codegen.
+//! `cargo xtask`: the project's own tasks.
+//!
+//! * `test [--long]`: fmt check, clippy with warnings denied, all workspace tests (property tests at
+//!   1,000 cases; `--long` raises that).
+//! * `ceph up|down|status|env`: a real single-node Ceph cluster under `target/ceph`.
+//! * `integration`: the scenario suite against that cluster.
+//! * `bench [NAME] [--quick] [--json PATH]`: benchmarks printing ours vs reference ratios.
+//! * `codegen`: regenerate committed generated code (librbd bindings, gRPC stubs).
 
-fn main() -> anyhow::Result<()> {
-    Ok(())
+use anyhow::{bail, Result};
+
+mod bench;
+mod ceph;
+mod checks;
+mod test;
+mod util;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        bail!("usage: cargo xtask <test|ceph|integration|bench|codegen> [args]");
+    };
+    match cmd.as_str() {
+        "test" => test::run(rest),
+        "ceph" => ceph::run(rest),
+        "integration" => ceph::integration(rest),
+        "bench" => bench_run(rest),
+        "codegen" => ceph::codegen(rest),
+        other => bail!("unknown xtask command {other:?}"),
+    }
+}
+
+fn bench_run(rest: &[String]) -> Result<()> {
+    bench::run(rest)
 }

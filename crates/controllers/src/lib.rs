@@ -1,8 +1,314 @@
-//! Image and snapshot reconcilers (issue 4): they turn stored `Image` and `Snapshot` objects into
-//! RBD images through `rbd::BlockBackend`, running long steps on the `runner`.
+//! Image and snapshot reconcilers (issue 4): they turn stored [`store::Image`] and
+//! [`store::Snapshot`] objects into RBD images through [`rbd::BlockBackend`], running the long
+//! steps (OS-image populate, encrypted restore copy, child flattening) on the [`runner::Runner`].
 //!
-//! Controllers depend only on `store`, `rbd::BlockBackend` and `runner`; they never name librbd.
+//! Controllers depend only on `store`, `rbd::BlockBackend`, `runner` and the [`ImageSource`] seam;
+//! they never name librbd.
+//!
+//! # Wiring
+//! ```text
+//! let controllers = Controllers::new(images, snapshots, backend, source, runner, events, cfg);
+//! controllers.run(shutdown_token).await?;
+//! ```
+//! [`Controllers::run`] first subscribes to runner completions and opens both store watches, then
+//! lists both stores and enqueues every object (no startup event can be lost, SPEC §6.6), then
+//! starts `worker_size` workers per reconciler, the watch feeders, the completion router and the
+//! periodic resync. It returns when `shutdown` is cancelled and every worker has finished its
+//! current pass. It does not shut the runner down: the caller owns the runner and decides whether
+//! running operations drain or are cancelled (a cancelled operation leaves a state that the next
+//! start resumes).
+//!
+//! # Design
+//! * **Work queues** ([`queue`]): one per reconciler, keyed by object id, client-go semantics.
+//!   A pass ends in one of: *done* (steady state: the key's failure backoff is reset), *wait*
+//!   (something that announces itself is pending — a runner completion, another object's event:
+//!   no requeue, backoff untouched), *again* (requeue now), *after(d)* (requeue after `d`,
+//!   backoff untouched), *busy* (runner full: failure backoff capped at `busy_backoff`) or an
+//!   error (failure backoff `base_backoff·2ⁿ` up to `max_backoff`, and the global token bucket).
+//! * **Feeding**: store watches (opened before the initial list; a watch `Resync` re-lists),
+//!   the periodic resync (`resync_period`), runner completions and cross-object wake-ups: a
+//!   snapshot that becomes `Ready`/`Failed` or is deleted wakes the images whose
+//!   `spec.snapshotRef` names it; a re-homed snapshot image wakes the volume being deleted.
+//! * **Long operations** run on the runner under `image:<id>` / `snapshot:<id>` (populate,
+//!   encrypted fill, flatten of children, flatten of a restore before it is snapshotted). The
+//!   state that says "an operation belongs here" (`Populating`, `Filling`, `FlatteningChildren`,
+//!   `Flattening`) is written **before** submitting, so a restart resumes it: the next pass
+//!   resubmits, the runner deduplicates, and every operation re-reads the object and treats
+//!   "no longer applicable" as success. A completion requeues exactly its object: success or
+//!   cancellation at once; failure with the key's backoff, and until the backoff has passed the
+//!   object's passes do not resubmit (the runner slot is free meanwhile: no sleeping in a slot).
+//!   Operations record their progress in the object's `status.progress` about once per
+//!   `progress_interval`, and a watchdog cancels one whose progress has not moved for
+//!   `stall_timeout`. Deleting an object cancels its populate or fill and waits for the
+//!   completion before cleaning up; the operation removes its partial image itself.
+//! * **Benchmark baseline**: `sync_long_ops` runs the same operations inline on the reconcile
+//!   worker (the Go design before PR #876). Reference for benchmarks only.
+//! * **Encryption**: an encrypted volume created empty gets a LUKS2 header once. A restore of a
+//!   snapshot of an encrypted volume is a clone that inherits the header (marked in
+//!   `status.encryption` before the clone exists, so it is never formatted again, §9.19). An
+//!   encrypted restore of plain data (an OS image or a plain volume's snapshot) cannot be a
+//!   clone on Ceph Pacific: the image is created empty, LUKS2-formatted and filled with the
+//!   snapshot's data through the encryption layer (state `Filling`); it must be at least
+//!   `snapshot size + 16 MiB` (the header), else `Error` until the volume is expanded.
+//! * **Snapshots of restores**: a restore that is still a clone of a volume snapshot is flattened
+//!   before it is snapshotted, because a clone's own snapshots keep its parent snapshot busy for
+//!   good (no flatten detaches them) and the parent volume could never be deleted.
+//! * **Orphan rbd snapshots** (§9.21): when a volume is deleted, rbd snapshots on it without a
+//!   live Snapshot object (no record, record deleted or `Failed`) cannot be referenced by anyone;
+//!   their children are flattened and they are removed, so deletion never blocks on them.
+//! * **OS-image snapshots** are kept after their volumes are gone (a cache for the next volume of
+//!   the same digest; not garbage-collected).
+//!
+//! # Modules
+//! * [`queue`]: the client-go style work queue (dedup, one worker per key, backoff, rate limit).
+//! * [`image`]: the image reconciler (its state table is in the module docs).
+//! * [`snapshot`]: the snapshot reconciler (its state table is in the module docs).
+//! * [`events`]: the events recorded about objects.
+//! * `source`, `util`: the image-source seam and pure helpers.
+//!
+//! # Store labels used by the controllers
+//! * [`INTERNAL_LABEL`] `= "rehome"` marks the internal images made when a volume with snapshots is
+//!   deleted (each of its snapshots is re-homed onto a standalone image whose id is the snapshot
+//!   id). They carry no manager label, so the volume server never lists them (IRI.md §1.6
+//!   pitfall 4), and [`REHOME_OF_LABEL`] names the volume they were made for.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use rbd::BlockBackend;
+use runner::Runner;
+use store::{Image, Snapshot, Store};
+use tokio_util::sync::CancellationToken;
+
+mod ctx;
+pub mod events;
+pub mod image;
+pub mod queue;
+pub mod snapshot;
 mod source;
+mod util;
+mod wiring;
 
+#[cfg(test)]
+mod tests;
+
+pub use events::{Event, EventRecorder, EventType};
+pub use queue::{QueueConfig, WorkQueue};
 pub use source::*;
+pub use util::*;
+
+/// Label that marks internal objects the volume server must not list; value [`INTERNAL_REHOME`]
+/// for re-homed snapshot images.
+pub const INTERNAL_LABEL: &str = "ceph-provider.ironcore.dev/internal";
+/// Value of [`INTERNAL_LABEL`] on an image that holds a re-homed volume snapshot.
+pub const INTERNAL_REHOME: &str = "rehome";
+/// Label on a re-homed snapshot image: id of the deleted volume it was made for.
+pub const REHOME_OF_LABEL: &str = "ceph-provider.ironcore.dev/rehome-of";
+/// Name of the rbd snapshot on an OS-image base image (`snap_<digest>@v1`).
+pub const OS_SNAPSHOT_NAME: &str = "v1";
+
+/// Runner key of an image's long operation (flatten children, encrypted fill).
+pub fn image_key(id: &str) -> String {
+    format!("image:{id}")
+}
+
+/// Runner key of a snapshot's long operation (populate, flatten).
+pub fn snapshot_key(id: &str) -> String {
+    format!("snapshot:{id}")
+}
+
+/// RBD image name of a volume.
+pub fn volume_image_name(id: &str) -> String {
+    format!("img_{id}")
+}
+
+/// RBD image name of an OS-image snapshot's base image.
+pub fn os_image_name(snapshot_id: &str) -> String {
+    format!("snap_{snapshot_id}")
+}
+
+/// Errors of the controllers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControllerError {
+    /// A store call failed.
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    /// A block backend call failed.
+    #[error("rbd: {0}")]
+    Rbd(#[from] rbd::RbdError),
+    /// The image source failed.
+    #[error("image source: {0}")]
+    Source(#[from] SourceError),
+    /// The key-encryption key failed.
+    #[error(transparent)]
+    Kek(#[from] KekError),
+    /// A long operation run inline (`sync_long_ops`) failed.
+    #[error("operation {key}: {reason}")]
+    Op {
+        /// Runner key of the operation.
+        key: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A reconcile pass panicked (caught; the key is retried with backoff).
+    #[error("reconcile of {0} panicked")]
+    Panic(String),
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = ControllerError> = std::result::Result<T, E>;
+
+/// Settings of the reconcilers (CLI flags of the provider).
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Workers per reconciler (`--worker-size`, default 15).
+    pub worker_size: usize,
+    /// Ceph monitors exported in access data verbatim (`--ceph-monitors`).
+    pub monitors: String,
+    /// Ceph client whose key consumers get (`--ceph-client`, e.g. `client.volumes`).
+    pub client: String,
+    /// Key-encryption key of volume passphrases (`--ceph-kek-path`); needed for encrypted volumes.
+    pub kek: Option<Kek>,
+    /// Bytes per write request when populating OS images and filling encrypted restores
+    /// (`--populator-buffer-size`, default 5 MiB; 0 means the default).
+    pub populator_buffer_size: usize,
+    /// Write requests in flight while populating (default 4).
+    pub populate_queue_depth: usize,
+    /// Period of the full re-list of both stores (default 10 min).
+    pub resync_period: Duration,
+    /// First per-key failure backoff (default 5 ms, client-go).
+    pub base_backoff: Duration,
+    /// Cap of the per-key failure backoff (default 5 min).
+    pub max_backoff: Duration,
+    /// Cap of the retry delay when the runner is full (`Busy`; default 5 s).
+    pub busy_backoff: Duration,
+    /// Global rate limit of failure requeues, per second (default 10, client-go).
+    pub rate_limit: f64,
+    /// Burst of the global rate limit (default 100, client-go).
+    pub rate_burst: u32,
+    /// How often a running operation writes its progress into the object's status (default 1 s).
+    pub progress_interval: Duration,
+    /// A long operation whose progress has not moved for this long is cancelled and retried
+    /// (default 15 min; `None` disables the watchdog).
+    pub stall_timeout: Option<Duration>,
+    /// **Reference baseline for benchmarks only (the Go design before PR #876)**: run long
+    /// operations inline on the reconcile worker instead of the runner. Default `false`.
+    pub sync_long_ops: bool,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            worker_size: 15,
+            monitors: String::new(),
+            client: String::new(),
+            kek: None,
+            populator_buffer_size: DEFAULT_POPULATOR_BUFFER_SIZE,
+            populate_queue_depth: 4,
+            resync_period: Duration::from_secs(600),
+            base_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_secs(300),
+            busy_backoff: Duration::from_secs(5),
+            rate_limit: 10.0,
+            rate_burst: 100,
+            progress_interval: Duration::from_secs(1),
+            stall_timeout: Some(Duration::from_secs(15 * 60)),
+            sync_long_ops: false,
+        }
+    }
+}
+
+/// Default `--populator-buffer-size`: 5 MiB.
+pub const DEFAULT_POPULATOR_BUFFER_SIZE: usize = 5 * 1024 * 1024;
+
+impl ControllerConfig {
+    fn queue_config(&self) -> QueueConfig {
+        QueueConfig {
+            base_delay: self.base_backoff,
+            max_delay: self.max_backoff,
+            rate_per_sec: self.rate_limit,
+            burst: self.rate_burst,
+        }
+    }
+
+    pub(crate) fn chunk_size(&self) -> usize {
+        if self.populator_buffer_size == 0 {
+            DEFAULT_POPULATOR_BUFFER_SIZE
+        } else {
+            self.populator_buffer_size
+        }
+    }
+}
+
+/// Both reconcilers, ready to run. See the crate docs for the wiring.
+pub struct Controllers {
+    ctx: Arc<ctx::Ctx>,
+}
+
+impl Controllers {
+    /// Assembles the reconcilers. Must be called inside a tokio runtime (the work queues start
+    /// their timer tasks here).
+    pub fn new(
+        images: Store<Image>,
+        snapshots: Store<Snapshot>,
+        backend: Arc<dyn BlockBackend>,
+        source: Arc<dyn ImageSource>,
+        runner: Runner,
+        events: Arc<dyn EventRecorder>,
+        cfg: ControllerConfig,
+    ) -> Self {
+        let qcfg = cfg.queue_config();
+        let ctx = ctx::Ctx {
+            images,
+            snapshots,
+            backend,
+            source,
+            runner,
+            events,
+            image_queue: WorkQueue::new(qcfg.clone()),
+            snapshot_queue: WorkQueue::new(qcfg),
+            cfg,
+            client_key: tokio::sync::Mutex::new(None),
+            gates: std::sync::Mutex::new(Default::default()),
+        };
+        Controllers { ctx: Arc::new(ctx) }
+    }
+
+    /// A handle that tells whether the reconcilers have nothing left to do (tests, health).
+    pub fn probe(&self) -> Probe {
+        Probe {
+            ctx: self.ctx.clone(),
+        }
+    }
+
+    /// Runs both reconcilers until `shutdown` is cancelled (see the crate docs).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        wiring::run(self.ctx, shutdown).await
+    }
+}
+
+/// Observes the reconcilers' queues (see [`Controllers::probe`]).
+#[derive(Clone)]
+pub struct Probe {
+    ctx: Arc<ctx::Ctx>,
+}
+
+impl Probe {
+    /// True when no key is queued, delayed or being processed by either reconciler.
+    pub fn is_idle(&self) -> bool {
+        self.ctx.image_queue.is_idle() && self.ctx.snapshot_queue.is_idle()
+    }
+
+    /// The image reconciler's queue.
+    pub fn image_queue(&self) -> &WorkQueue {
+        &self.ctx.image_queue
+    }
+
+    /// The snapshot reconciler's queue.
+    pub fn snapshot_queue(&self) -> &WorkQueue {
+        &self.ctx.snapshot_queue
+    }
+}

@@ -33,7 +33,10 @@ pub enum SourceError {
 impl SourceError {
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, SourceError::Unavailable(_) | SourceError::DigestMismatch(_))
+        matches!(
+            self,
+            SourceError::Unavailable(_) | SourceError::DigestMismatch(_)
+        )
     }
 }
 
@@ -71,10 +74,16 @@ pub struct Rootfs {
 pub trait ImageSource: Send + Sync + 'static {
     /// Resolves `reference` (tag or digest) for `architecture` (`None`: the index must have exactly one
     /// entry) to the platform manifest digest.
-    async fn resolve(&self, reference: &str, architecture: Option<&str>)
-        -> Result<ResolvedImage, SourceError>;
+    async fn resolve(
+        &self,
+        reference: &str,
+        architecture: Option<&str>,
+    ) -> Result<ResolvedImage, SourceError>;
 
     /// Opens the rootfs layer of `reference` (normally the pinned `<locator>@<digest>`).
-    async fn open_rootfs(&self, reference: &str, architecture: Option<&str>)
-        -> Result<Rootfs, SourceError>;
+    async fn open_rootfs(
+        &self,
+        reference: &str,
+        architecture: Option<&str>,
+    ) -> Result<Rootfs, SourceError>;
 }

@@ -10,5 +10,13 @@
 //! It must not know about stores, reconcilers, gRPC or the runner.
 
 mod backend;
+#[cfg(feature = "ceph")]
+pub mod ceph;
+pub mod conformance;
+pub mod fake;
+pub mod local;
+#[cfg(feature = "mock")]
+pub mod mock;
+mod pipeline;
 
 pub use backend::*;

@@ -1,5 +1,5 @@
-//! `cephvol`: the daemon and its CLI.
+//! `cephvol`: the IRI volume provider daemon and its CLI (see the `volumeprovider` crate docs).
 
-fn main() -> anyhow::Result<()> {
-    Ok(())
+fn main() -> std::process::ExitCode {
+    volumeprovider::run_main()
 }

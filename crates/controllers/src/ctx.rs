@@ -1,0 +1,381 @@
+//! What both reconcilers share: stores, backend, runner, queues, configuration, the long-operation
+//! submission protocol, progress persistence and small store helpers.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use rbd::{BlockBackend, CancellationToken, ProgressFn, RbdError};
+use runner::{OpContext, OpError, Runner, SubmitError, Submitted};
+use store::{Image, Object, Progress, Snapshot, Store, StoreError};
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::events::{event, EventRecorder, EventType};
+use crate::queue::WorkQueue;
+use crate::{ControllerConfig, ControllerError, ImageSource, Result};
+
+/// How a reconcile pass wants its key to be treated afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// The object reached a steady state: reset its failure backoff.
+    Done,
+    /// Waiting for something that announces itself (runner completion, another object's event):
+    /// no requeue, the failure backoff is neither reset nor advanced.
+    Wait,
+    /// Run again at once (a step changed something the next pass continues from); backoff kept.
+    Again,
+    /// Run again after this delay (an operation is backing off after a failure); backoff kept.
+    After(Duration),
+    /// The runner is full: retry with the failure backoff, capped at `busy_backoff`.
+    Busy,
+}
+
+/// Environment of one long operation: its cancellation token and progress callback.
+pub(crate) struct OpEnv {
+    pub token: CancellationToken,
+    pub progress: ProgressFn,
+}
+
+/// Progress counters of a running operation, written by backend callbacks.
+#[derive(Default)]
+pub(crate) struct ProgressCell {
+    done: AtomicU64,
+    total: AtomicU64,
+    /// Bumped by every report, even one that repeats the numbers (drives the stall watchdog).
+    activity: AtomicU64,
+}
+
+impl ProgressCell {
+    pub fn set(&self, done: u64, total: u64) {
+        self.done.store(done, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+        self.activity.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn activity(&self) -> u64 {
+        self.activity.load(Ordering::Relaxed)
+    }
+
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.done.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl OpEnv {
+    /// A progress cell plus a callback that fills it and forwards to the runner's progress.
+    pub fn tracker(&self) -> (Arc<ProgressCell>, ProgressFn) {
+        let cell = Arc::new(ProgressCell::default());
+        let c = cell.clone();
+        let forward = self.progress.clone();
+        let f: ProgressFn = Arc::new(move |done, total| {
+            c.set(done, total);
+            forward(done, total);
+        });
+        (cell, f)
+    }
+}
+
+/// The operation made no progress for `stall_timeout` and was cancelled.
+pub(crate) struct Stalled;
+
+pub(crate) struct Ctx {
+    pub images: Store<Image>,
+    pub snapshots: Store<Snapshot>,
+    pub backend: Arc<dyn BlockBackend>,
+    pub source: Arc<dyn ImageSource>,
+    pub runner: Runner,
+    pub events: Arc<dyn EventRecorder>,
+    pub cfg: ControllerConfig,
+    pub image_queue: WorkQueue,
+    pub snapshot_queue: WorkQueue,
+    pub client_key: tokio::sync::Mutex<Option<String>>,
+    /// Runner key → earliest time a failed operation may be submitted again.
+    pub gates: Mutex<HashMap<String, Instant>>,
+}
+
+impl Ctx {
+    pub fn record(
+        &self,
+        md: &store::Metadata,
+        ty: EventType,
+        reason: &str,
+        action: &str,
+        message: impl Into<String>,
+    ) {
+        self.events.record(event(md, ty, reason, action, message));
+    }
+
+    /// Closes the gate of `key` until `delay` has passed (after a failed operation).
+    pub fn close_gate(&self, key: &str, delay: Duration) {
+        if let Ok(mut g) = self.gates.lock() {
+            g.insert(key.to_string(), Instant::now() + delay);
+        }
+    }
+
+    /// How long a resubmission of `key` must still wait for its backoff.
+    fn gated(&self, key: &str) -> Option<Duration> {
+        let mut g = self.gates.lock().ok()?;
+        let now = Instant::now();
+        match g.get(key) {
+            Some(at) if *at > now => Some(*at - now),
+            Some(_) => {
+                g.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Starts a long operation under `key` (see the crate docs): on the runner normally, inline
+    /// in `sync_long_ops` mode. Accepted or already queued/running → [`Action::Wait`] (the
+    /// completion requeues the object); runner full → [`Action::Busy`]; inline success →
+    /// [`Action::Again`]; still backing off after a failed run → [`Action::After`].
+    pub async fn start_op<F, Fut>(self: &Arc<Self>, key: String, op: F) -> Result<Action>
+    where
+        F: FnOnce(Arc<Ctx>, OpEnv) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        if let Some(wait) = self.gated(&key) {
+            // Requeue at the end of the backoff ourselves: an earlier delayed add of the key
+            // may be what brought us here, and nothing else is due later.
+            debug!(key, ?wait, "operation backing off after a failure");
+            return Ok(Action::After(wait));
+        }
+        if self.cfg.sync_long_ops {
+            let env = OpEnv {
+                token: CancellationToken::new(),
+                progress: rbd::no_progress(),
+            };
+            op(self.clone(), env)
+                .await
+                .map_err(|e| ControllerError::Op {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?;
+            return Ok(Action::Again);
+        }
+        let ctx = self.clone();
+        let submitted = self.runner.try_submit(key.clone(), move |octx: OpContext| {
+            let env = OpEnv {
+                token: octx.token(),
+                progress: octx.progress_fn(),
+            };
+            async move { op(ctx, env).await.map_err(|e| -> OpError { Box::new(e) }) }
+        });
+        match submitted {
+            Ok(Submitted::Accepted) => {
+                debug!(key, "operation submitted");
+                Ok(Action::Wait)
+            }
+            Ok(_) => Ok(Action::Wait),
+            Err(SubmitError::Busy) => {
+                debug!(key, "runner full, retrying later");
+                Ok(Action::Busy)
+            }
+            Err(SubmitError::ShuttingDown) => Ok(Action::Wait),
+        }
+    }
+
+    /// Cancels a queued or running operation under `key`. True if there was one (its completion
+    /// will requeue the object).
+    pub fn cancel_op(&self, key: &str) -> bool {
+        if self.cfg.sync_long_ops {
+            return false;
+        }
+        self.runner.state(key).is_some() && self.runner.cancel(key)
+    }
+
+    /// Whether an operation under `key` is queued or running.
+    pub fn op_active(&self, key: &str) -> bool {
+        !self.cfg.sync_long_ops && self.runner.state(key).is_some()
+    }
+
+    /// Runs `fut` while persisting its progress every `progress_interval` through `persist`
+    /// (only when it changed) and watching for stalls (`stall_timeout`: `cancel` is cancelled and
+    /// `Err(Stalled)` returned once `fut` has ended).
+    pub async fn drive<T, F, P, PF>(
+        &self,
+        fut: F,
+        cell: &ProgressCell,
+        cancel: &CancellationToken,
+        mut persist: P,
+    ) -> std::result::Result<T, Stalled>
+    where
+        F: Future<Output = T>,
+        P: FnMut(u64, u64) -> PF,
+        PF: Future<Output = ()>,
+    {
+        tokio::pin!(fut);
+        let period = self.cfg.progress_interval.max(Duration::from_millis(10));
+        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut persisted = (0u64, 0u64);
+        let mut last_move = (cell.activity(), Instant::now());
+        let mut stalled = false;
+        loop {
+            tokio::select! {
+                out = &mut fut => {
+                    return if stalled { Err(Stalled) } else { Ok(out) };
+                }
+                _ = ticker.tick(), if !stalled => {
+                    let now = cell.get();
+                    if now != persisted {
+                        persisted = now;
+                        persist(now.0, now.1).await;
+                    }
+                    let activity = cell.activity();
+                    if activity != last_move.0 {
+                        last_move = (activity, Instant::now());
+                    } else if let Some(limit) = self.cfg.stall_timeout {
+                        if last_move.1.elapsed() >= limit {
+                            stalled = true;
+                            cancel.cancel();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The cephx key of the configured client, fetched once and cached.
+    pub async fn client_key(&self) -> Result<String> {
+        let mut cached = self.client_key.lock().await;
+        if let Some(k) = cached.as_ref() {
+            return Ok(k.clone());
+        }
+        let key = self.backend.client_key(&self.cfg.client).await?;
+        *cached = Some(key.clone());
+        Ok(key)
+    }
+
+    /// The user name consumers get: the client without its `client.` prefix.
+    pub fn client_user(&self) -> String {
+        self.cfg
+            .client
+            .strip_prefix("client.")
+            .unwrap_or(&self.cfg.client)
+            .to_string()
+    }
+
+    pub async fn persist_image_progress(&self, id: &str, done: u64, total: u64) {
+        let res = modify(&self.images, id, |img: &mut Image| {
+            img.status.progress = Some(Progress {
+                done,
+                total,
+                updated_at: Utc::now(),
+            });
+            true
+        })
+        .await;
+        if let Err(e) = res {
+            debug!(id, error = %e, "progress not recorded");
+        }
+    }
+
+    pub async fn persist_snapshot_progress(&self, id: &str, done: u64, total: u64) {
+        let res = modify(&self.snapshots, id, |s: &mut Snapshot| {
+            s.status.progress = Some(Progress {
+                done,
+                total,
+                updated_at: Utc::now(),
+            });
+            true
+        })
+        .await;
+        if let Err(e) = res {
+            debug!(id, error = %e, "progress not recorded");
+        }
+    }
+}
+
+/// Read-modify-write of one object, retried on version conflicts. `f` returns false to leave the
+/// object alone. `Ok(None)`: missing or declined; `Ok(Some(obj))`: the stored result.
+pub(crate) async fn modify<T: Object>(
+    store: &Store<T>,
+    id: &str,
+    mut f: impl FnMut(&mut T) -> bool,
+) -> Result<Option<T>> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut obj = match store.get(id).await {
+            Ok(o) => o,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if !f(&mut obj) {
+            return Ok(None);
+        }
+        match store.update(&obj).await {
+            Ok(o) => return Ok(Some(o)),
+            Err(StoreError::Conflict { .. }) if attempts < 8 => continue,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `Ok(None)` for a missing object.
+pub(crate) async fn get_opt<T: Object>(store: &Store<T>, id: &str) -> Result<Option<T>> {
+    match store.get(id).await {
+        Ok(o) => Ok(Some(o)),
+        Err(StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Treats `NotFound` as success.
+pub(crate) fn ignore_not_found(r: rbd::Result<()>) -> rbd::Result<()> {
+    match r {
+        Err(RbdError::NotFound(_)) => Ok(()),
+        other => other,
+    }
+}
+
+/// Treats `Exists` as success.
+pub(crate) fn ignore_exists(r: rbd::Result<()>) -> rbd::Result<()> {
+    match r {
+        Err(RbdError::Exists(_)) => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+impl Ctx {
+    /// A context over in-memory stores (on `store_backend`) for unit tests; the queues and the
+    /// runner exist but nothing runs them.
+    pub(crate) async fn for_tests(
+        backend: Arc<dyn BlockBackend>,
+        source: Arc<dyn ImageSource>,
+        store_backend: Arc<dyn store::Backend>,
+    ) -> Arc<Ctx> {
+        let cfg = ControllerConfig {
+            monitors: "mon:6789".into(),
+            client: "client.volumes".into(),
+            ..ControllerConfig::default()
+        };
+        let q = crate::QueueConfig::default();
+        Arc::new(Ctx {
+            images: Store::open(store_backend.clone())
+                .await
+                .expect("memory store"),
+            snapshots: Store::open(store_backend).await.expect("memory store"),
+            backend,
+            source,
+            runner: Runner::new(runner::RunnerConfig::default()),
+            events: Arc::new(crate::events::MemoryEvents::new()),
+            cfg,
+            image_queue: WorkQueue::new(q.clone()),
+            snapshot_queue: WorkQueue::new(q),
+            client_key: tokio::sync::Mutex::new(None),
+            gates: Mutex::new(HashMap::new()),
+        })
+    }
+}

@@ -1,0 +1,236 @@
+//! Feeding and running the reconcilers: store watches, initial list, periodic resync, runner
+//! completions and the worker pools. Owns no reconcile logic.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use runner::{Completion, Outcome};
+use store::{Image, ListOptions, Snapshot, SnapshotState, WatchEvent, FIELD_SNAPSHOT_REF};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::ctx::{Action, Ctx};
+use crate::queue::WorkQueue;
+use crate::{image, snapshot, ControllerError, Result, REHOME_OF_LABEL};
+
+pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) -> Result<()> {
+    // Order matters (SPEC §6.6): completions and watches first, then the initial list.
+    let mut completions = ctx.runner.subscribe();
+    let mut image_watch = ctx.images.watch(ListOptions::default())?;
+    let mut snapshot_watch = ctx.snapshots.watch(ListOptions::default())?;
+    // The initial list is retried (a store hiccup at start must not stop the provider).
+    let mut delay = ctx
+        .cfg
+        .base_backoff
+        .max(std::time::Duration::from_millis(100));
+    loop {
+        let listed = match enqueue_all_images(&ctx).await {
+            Ok(()) => enqueue_all_snapshots(&ctx).await,
+            Err(e) => Err(e),
+        };
+        match listed {
+            Ok(()) => break,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?delay, "initial list failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(ctx.cfg.max_backoff.max(delay));
+            }
+        }
+    }
+    info!(workers = ctx.cfg.worker_size, "controllers started");
+
+    let mut feeders = JoinSet::new();
+    let c = ctx.clone();
+    feeders.spawn(async move {
+        while let Some(ev) = image_watch.recv().await {
+            on_image_event(&c, ev).await;
+        }
+    });
+    let c = ctx.clone();
+    feeders.spawn(async move {
+        while let Some(ev) = snapshot_watch.recv().await {
+            on_snapshot_event(&c, ev).await;
+        }
+    });
+    let c = ctx.clone();
+    feeders.spawn(async move {
+        while let Some(done) = completions.recv().await {
+            on_completion(&c, done);
+        }
+    });
+    let c = ctx.clone();
+    feeders.spawn(async move {
+        let period = c.cfg.resync_period.max(std::time::Duration::from_secs(1));
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            ticker.tick().await;
+            debug!("periodic resync");
+            if let Err(e) = enqueue_all_images(&c).await {
+                warn!(error = %e, "resync of images failed");
+            }
+            if let Err(e) = enqueue_all_snapshots(&c).await {
+                warn!(error = %e, "resync of snapshots failed");
+            }
+        }
+    });
+
+    let mut workers = JoinSet::new();
+    for _ in 0..ctx.cfg.worker_size.max(1) {
+        workers.spawn(worker(ctx.clone(), ctx.image_queue.clone(), Kind::Image));
+        workers.spawn(worker(
+            ctx.clone(),
+            ctx.snapshot_queue.clone(),
+            Kind::Snapshot,
+        ));
+    }
+
+    shutdown.cancelled().await;
+    info!("controllers stopping");
+    feeders.abort_all();
+    ctx.image_queue.shutdown();
+    ctx.snapshot_queue.shutdown();
+    while workers.join_next().await.is_some() {}
+    while feeders.join_next().await.is_some() {}
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Image,
+    Snapshot,
+}
+
+async fn worker(ctx: Arc<Ctx>, queue: WorkQueue, kind: Kind) {
+    while let Some(key) = queue.get().await {
+        let span = match kind {
+            Kind::Image => tracing::debug_span!("reconcile", image = %key),
+            Kind::Snapshot => tracing::debug_span!("reconcile", snapshot = %key),
+        };
+        let pass = async {
+            match kind {
+                Kind::Image => image::reconcile(&ctx, &key).await,
+                Kind::Snapshot => snapshot::reconcile(&ctx, &key).await,
+            }
+        };
+        let result = AssertUnwindSafe(pass.instrument(span))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(ControllerError::Panic(key.clone())));
+        match result {
+            Ok(Action::Done) => queue.forget(&key),
+            Ok(Action::Wait) => {}
+            Ok(Action::Again) => queue.add(key.clone()),
+            Ok(Action::After(delay)) => queue.add_after(key.clone(), delay),
+            Ok(Action::Busy) => {
+                queue.add_rate_limited_capped(key.clone(), ctx.cfg.busy_backoff);
+            }
+            Err(e) => {
+                let delay = queue.add_rate_limited(key.clone());
+                match &e {
+                    ControllerError::Store(store::StoreError::Conflict { .. }) => {
+                        debug!(key, error = %e, "reconcile conflict, retrying")
+                    }
+                    _ => warn!(key, error = %e, retry_in = ?delay, "reconcile failed"),
+                }
+            }
+        }
+        queue.done(&key);
+    }
+}
+
+async fn enqueue_all_images(ctx: &Ctx) -> Result<()> {
+    for img in ctx.images.list(&ListOptions::default()).await? {
+        ctx.image_queue.add(img.metadata.id);
+    }
+    Ok(())
+}
+
+async fn enqueue_all_snapshots(ctx: &Ctx) -> Result<()> {
+    for s in ctx.snapshots.list(&ListOptions::default()).await? {
+        ctx.snapshot_queue.add(s.metadata.id);
+    }
+    Ok(())
+}
+
+async fn on_image_event(ctx: &Ctx, ev: WatchEvent<Image>) {
+    let img = match ev {
+        WatchEvent::Resync => {
+            if let Err(e) = enqueue_all_images(ctx).await {
+                warn!(error = %e, "re-list of images failed");
+            }
+            return;
+        }
+        WatchEvent::Created(i) | WatchEvent::Updated(i) | WatchEvent::Deleted(i) => i,
+    };
+    // A re-homed snapshot image makes progress: the deletion of its volume may continue.
+    if let Some(parent) = img.metadata.labels.get(REHOME_OF_LABEL) {
+        ctx.image_queue.add(parent.clone());
+    }
+    ctx.image_queue.add(img.metadata.id);
+}
+
+async fn on_snapshot_event(ctx: &Ctx, ev: WatchEvent<Snapshot>) {
+    let (snap, gone) = match ev {
+        WatchEvent::Resync => {
+            if let Err(e) = enqueue_all_snapshots(ctx).await {
+                warn!(error = %e, "re-list of snapshots failed");
+            }
+            return;
+        }
+        WatchEvent::Created(s) | WatchEvent::Updated(s) => (s, false),
+        WatchEvent::Deleted(s) => (s, true),
+    };
+    let settled = matches!(
+        snap.status.state,
+        SnapshotState::Ready | SnapshotState::Populated | SnapshotState::Failed
+    );
+    if gone || settled || snap.metadata.is_deleted() {
+        wake_dependents(ctx, &snap.metadata.id).await;
+    }
+    if !gone {
+        ctx.snapshot_queue.add(snap.metadata.id);
+    }
+}
+
+/// Enqueues the images cloned (or waiting to be cloned) from snapshot `id`.
+async fn wake_dependents(ctx: &Ctx, id: &str) {
+    let opts = ListOptions::default().field(FIELD_SNAPSHOT_REF, id);
+    for attempt in 1..=3 {
+        match ctx.images.list(&opts).await {
+            Ok(images) => {
+                for img in images {
+                    ctx.image_queue.add(img.metadata.id);
+                }
+                return;
+            }
+            // The periodic resync catches up if every attempt fails.
+            Err(e) => warn!(snapshot = id, attempt, error = %e, "listing dependent images failed"),
+        }
+    }
+}
+
+fn on_completion(ctx: &Ctx, done: Completion) {
+    let (queue, id) = if let Some(id) = done.key.strip_prefix("image:") {
+        (&ctx.image_queue, id)
+    } else if let Some(id) = done.key.strip_prefix("snapshot:") {
+        (&ctx.snapshot_queue, id)
+    } else {
+        return;
+    };
+    match &done.outcome {
+        Outcome::Ok | Outcome::Cancelled => {
+            debug!(key = %done.key, outcome = ?done.outcome, "operation ended");
+            queue.add(id.to_string());
+        }
+        Outcome::Failed(reason) => {
+            let delay = queue.add_rate_limited(id.to_string());
+            ctx.close_gate(&done.key, delay);
+            warn!(key = %done.key, reason, retry_in = ?delay, "operation failed");
+        }
+    }
+}

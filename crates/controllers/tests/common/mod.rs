@@ -1,0 +1,476 @@
+//! Test harness shared by the controllers' integration tests: a fake [`ImageSource`], a "world"
+//! (fake cluster + store backend kept across simulated provider restarts) and helpers to drive
+//! paused tokio time until the controllers settle.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use controllers::events::MemoryEvents;
+use controllers::{
+    ControllerConfig, Controllers, ImageSource, Kek, Probe, ResolvedImage, Rootfs, SourceError,
+};
+use rbd::fake::MemoryBackend;
+use runner::{Runner, RunnerConfig, ShutdownMode};
+use sha2::{Digest, Sha256};
+use store::{Image, ListOptions, Snapshot, Store};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub const MIB: u64 = 1 << 20;
+pub const POOL: &str = "pool";
+pub const CLIENT: &str = "client.volumes";
+pub const KEK_BYTES: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
+
+pub fn digest_of(name: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(name.as_bytes())))
+}
+
+pub fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// One OS image of the fake registry.
+#[derive(Clone)]
+pub struct OsImage {
+    pub locator: String,
+    pub digest: String,
+    pub data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct SourceState {
+    /// tag reference → image
+    tags: HashMap<String, OsImage>,
+    resolve_faults: VecDeque<SourceError>,
+    open_faults: VecDeque<SourceError>,
+    /// Streams that end with a digest error (retryable).
+    corrupt_next: usize,
+    opens: u64,
+}
+
+/// An in-memory registry: `reg/<name>:latest` → bytes. Failures can be injected; streams can be
+/// held at their first chunk until [`FakeSource::release`].
+#[derive(Default)]
+pub struct FakeSource {
+    state: Mutex<SourceState>,
+    hold: Mutex<bool>,
+    released: Notify,
+    pub chunk: usize,
+}
+
+impl FakeSource {
+    pub fn new() -> Self {
+        FakeSource {
+            chunk: 64 * 1024,
+            ..Default::default()
+        }
+    }
+
+    /// Adds `reg/<name>:latest` holding `data`; returns its tag reference.
+    pub fn add(&self, name: &str, data: Vec<u8>) -> String {
+        let reference = format!("reg/{name}:latest");
+        let img = OsImage {
+            locator: format!("reg/{name}"),
+            digest: digest_of(name),
+            data,
+        };
+        self.state
+            .lock()
+            .unwrap()
+            .tags
+            .insert(reference.clone(), img);
+        reference
+    }
+
+    pub fn image(&self, reference: &str) -> Option<OsImage> {
+        self.state.lock().unwrap().tags.get(reference).cloned()
+    }
+
+    pub fn by_digest(&self, digest: &str) -> Option<OsImage> {
+        self.state
+            .lock()
+            .unwrap()
+            .tags
+            .values()
+            .find(|i| i.digest == digest)
+            .cloned()
+    }
+
+    pub fn fail_resolve(&self, e: SourceError) {
+        self.state.lock().unwrap().resolve_faults.push_back(e);
+    }
+
+    pub fn fail_open(&self, e: SourceError) {
+        self.state.lock().unwrap().open_faults.push_back(e);
+    }
+
+    pub fn corrupt_next(&self, n: usize) {
+        self.state.lock().unwrap().corrupt_next += n;
+    }
+
+    pub fn opens(&self) -> u64 {
+        self.state.lock().unwrap().opens
+    }
+
+    /// Streams opened from now on stop after their first chunk until [`FakeSource::release`].
+    pub fn hold(&self) {
+        *self.hold.lock().unwrap() = true;
+    }
+
+    pub fn release(&self) {
+        *self.hold.lock().unwrap() = false;
+        self.released.notify_waiters();
+    }
+
+    async fn wait_released(self: &Arc<Self>) {
+        loop {
+            let n = self.released.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if !*self.hold.lock().unwrap() {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
+/// `Arc<FakeSource>` as an [`ImageSource`].
+pub struct SharedSource(pub Arc<FakeSource>);
+
+#[async_trait]
+impl ImageSource for SharedSource {
+    async fn resolve(
+        &self,
+        reference: &str,
+        _architecture: Option<&str>,
+    ) -> Result<ResolvedImage, SourceError> {
+        let mut st = self.0.state.lock().unwrap();
+        if let Some(e) = st.resolve_faults.pop_front() {
+            return Err(e);
+        }
+        let img = st
+            .tags
+            .get(reference)
+            .ok_or_else(|| SourceError::NotFound(reference.into()))?;
+        Ok(ResolvedImage {
+            locator: img.locator.clone(),
+            digest: img.digest.clone(),
+        })
+    }
+
+    async fn open_rootfs(
+        &self,
+        reference: &str,
+        _architecture: Option<&str>,
+    ) -> Result<Rootfs, SourceError> {
+        let (img, corrupt) = {
+            let mut st = self.0.state.lock().unwrap();
+            st.opens += 1;
+            if let Some(e) = st.open_faults.pop_front() {
+                return Err(e);
+            }
+            let Some((_, digest)) = reference.split_once('@') else {
+                return Err(SourceError::InvalidReference(reference.into()));
+            };
+            let img = st
+                .tags
+                .values()
+                .find(|i| i.digest == digest)
+                .cloned()
+                .ok_or_else(|| SourceError::NotFound(reference.into()))?;
+            let corrupt = st.corrupt_next > 0;
+            if corrupt {
+                st.corrupt_next -= 1;
+            }
+            (img, corrupt)
+        };
+        let chunk = self.0.chunk.max(1);
+        let pieces: Vec<Bytes> = img.data.chunks(chunk).map(Bytes::copy_from_slice).collect();
+        let source = self.0.clone();
+        let held = *source.hold.lock().unwrap();
+        let stream = futures::stream::unfold(
+            (pieces.into_iter(), 0usize, false),
+            move |(mut it, n, ended)| {
+                let source = source.clone();
+                async move {
+                    if ended {
+                        return None;
+                    }
+                    if n == 1 && held {
+                        source.wait_released().await;
+                    }
+                    match it.next() {
+                        Some(b) => Some((Ok(b), (it, n + 1, false))),
+                        None if corrupt => Some((
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                "layer digest mismatch",
+                            )),
+                            (it, n + 1, true),
+                        )),
+                        None => None,
+                    }
+                }
+            },
+        );
+        Ok(Rootfs {
+            size: img.data.len() as u64,
+            layer_digest: format!("sha256:{}", sha(&img.data)),
+            manifest_digest: img.digest.clone(),
+            data: Box::pin(stream),
+        })
+    }
+}
+
+/// A running provider.
+pub struct Running {
+    pub images: Store<Image>,
+    pub snapshots: Store<Snapshot>,
+    pub runner: Runner,
+    pub probe: Probe,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<controllers::Result<()>>,
+}
+
+/// The persistent parts (cluster, store backend, registry) plus the provider currently running.
+pub struct World {
+    pub cluster: MemoryBackend,
+    pub store_backend: store::MemoryBackend,
+    pub source: Arc<FakeSource>,
+    pub events: Arc<MemoryEvents>,
+    pub cfg: ControllerConfig,
+    pub runner_cfg: RunnerConfig,
+    pub running: Option<Running>,
+}
+
+pub fn test_config() -> ControllerConfig {
+    ControllerConfig {
+        worker_size: 3,
+        monitors: "10.0.0.1:6789".into(),
+        client: CLIENT.into(),
+        kek: Some(Kek::from_bytes(KEK_BYTES).unwrap()),
+        populator_buffer_size: 256 * 1024,
+        populate_queue_depth: 2,
+        max_backoff: Duration::from_secs(2),
+        busy_backoff: Duration::from_millis(500),
+        ..ControllerConfig::default()
+    }
+}
+
+impl World {
+    pub fn new(cfg: ControllerConfig, runner_cfg: RunnerConfig) -> Self {
+        World {
+            cluster: MemoryBackend::builder(POOL).chunk_size(256 * 1024).build(),
+            store_backend: store::MemoryBackend::new(),
+            source: Arc::new(FakeSource::new()),
+            events: Arc::new(MemoryEvents::new()),
+            cfg,
+            runner_cfg,
+            running: None,
+        }
+    }
+
+    pub async fn start(&mut self) {
+        assert!(self.running.is_none());
+        let sb: Arc<dyn store::Backend> = Arc::new(self.store_backend.clone());
+        let images = Store::<Image>::open(sb.clone()).await.unwrap();
+        let snapshots = Store::<Snapshot>::open(sb).await.unwrap();
+        let runner = Runner::new(self.runner_cfg.clone());
+        let controllers = Controllers::new(
+            images.clone(),
+            snapshots.clone(),
+            Arc::new(self.cluster.clone()),
+            Arc::new(SharedSource(self.source.clone())),
+            runner.clone(),
+            self.events.clone(),
+            self.cfg.clone(),
+        );
+        let probe = controllers.probe();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(controllers.run(shutdown.clone()));
+        self.running = Some(Running {
+            images,
+            snapshots,
+            runner,
+            probe,
+            shutdown,
+            task,
+        });
+    }
+
+    /// Simulates a crash: the controllers' task is aborted mid-pass and running operations are
+    /// cancelled and then aborted without waiting; only the cluster and the store backend remain.
+    pub async fn crash(&mut self) {
+        let Some(r) = self.running.take() else { return };
+        r.task.abort();
+        let _ = r.task.await;
+        r.runner
+            .shutdown(ShutdownMode::Cancel {
+                deadline: Duration::ZERO,
+            })
+            .await;
+    }
+
+    /// A clean stop (shutdown token, runner cancelled with a short deadline).
+    pub async fn stop(&mut self) {
+        let Some(r) = self.running.take() else { return };
+        r.shutdown.cancel();
+        r.task.await.unwrap().unwrap();
+        r.runner
+            .shutdown(ShutdownMode::Cancel {
+                deadline: Duration::from_secs(1),
+            })
+            .await;
+    }
+
+    pub fn r(&self) -> &Running {
+        self.running.as_ref().expect("provider running")
+    }
+
+    pub fn images(&self) -> &Store<Image> {
+        &self.r().images
+    }
+
+    pub fn snapshots(&self) -> &Store<Snapshot> {
+        &self.r().snapshots
+    }
+
+    /// Whether nothing is queued, delayed, processing or running.
+    pub fn idle(&self) -> bool {
+        let r = self.r();
+        r.probe.is_idle() && r.runner.snapshot().is_empty()
+    }
+
+    /// Advances paused time in small steps until `done` holds and everything is idle (checked
+    /// three times in a row), or `budget` of virtual time has passed. Returns whether it settled.
+    pub async fn settle_until(
+        &self,
+        budget: Duration,
+        mut done: impl FnMut(&[Image], &[Snapshot]) -> bool,
+    ) -> bool {
+        let start = tokio::time::Instant::now();
+        let mut quiet = 0;
+        while start.elapsed() < budget {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if !self.idle() {
+                quiet = 0;
+                continue;
+            }
+            let images = self
+                .images()
+                .list(&ListOptions::default())
+                .await
+                .unwrap_or_default();
+            let snaps = self
+                .snapshots()
+                .list(&ListOptions::default())
+                .await
+                .unwrap_or_default();
+            if done(&images, &snaps) {
+                quiet += 1;
+                if quiet >= 3 {
+                    return true;
+                }
+            } else {
+                quiet = 0;
+            }
+        }
+        false
+    }
+
+    /// Advances paused time until `cond` holds (without waiting for idleness), or `budget` passed.
+    pub async fn wait_for(
+        &self,
+        budget: Duration,
+        mut cond: impl FnMut(&Running, &[Image], &[Snapshot]) -> bool,
+    ) -> bool {
+        let start = tokio::time::Instant::now();
+        while start.elapsed() < budget {
+            let images = self
+                .images()
+                .list(&ListOptions::default())
+                .await
+                .unwrap_or_default();
+            let snaps = self
+                .snapshots()
+                .list(&ListOptions::default())
+                .await
+                .unwrap_or_default();
+            if cond(self.r(), &images, &snaps) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Settles until every object is in a final state (no deleted object left).
+    pub async fn settle(&self, budget: Duration) -> bool {
+        self.settle_until(budget, |images, snaps| {
+            images.iter().all(image_final) && snaps.iter().all(snapshot_final)
+        })
+        .await
+    }
+
+    pub fn kek(&self) -> Kek {
+        Kek::from_bytes(KEK_BYTES).unwrap()
+    }
+}
+
+pub fn image_final(i: &Image) -> bool {
+    use store::ImageState::*;
+    !i.metadata.is_deleted() && matches!(i.status.state, Available | Error)
+}
+
+pub fn snapshot_final(s: &Snapshot) -> bool {
+    use store::SnapshotState::*;
+    !s.metadata.is_deleted() && matches!(s.status.state, Ready | Failed)
+}
+
+/// A new volume as the volume server creates it (manager label, class label).
+pub fn new_volume(size: u64) -> Image {
+    let mut img = Image::new(
+        store::new_id(),
+        store::ImageSpec {
+            size,
+            ..Default::default()
+        },
+    );
+    img.metadata.labels.insert(
+        store::keys::MANAGER_LABEL.into(),
+        store::keys::MANAGER.into(),
+    );
+    img.metadata
+        .labels
+        .insert(store::keys::CLASS_LABEL.into(), "fast".into());
+    img
+}
+
+/// A new volume snapshot as the volume server creates it.
+pub fn new_volume_snapshot(volume: &str) -> Snapshot {
+    let mut s = Snapshot::new(
+        store::new_id(),
+        store::SnapshotSource {
+            ironcore_image: String::new(),
+            volume_image_id: volume.into(),
+        },
+    );
+    s.metadata.labels.insert(
+        store::keys::MANAGER_LABEL.into(),
+        store::keys::MANAGER.into(),
+    );
+    s
+}
+
+pub fn encryption(kek: &Kek, passphrase: &[u8]) -> store::EncryptionSpec {
+    store::EncryptionSpec {
+        encryption_type: store::EncryptionType::Encrypted,
+        encrypted_passphrase: kek.encrypt(passphrase),
+    }
+}

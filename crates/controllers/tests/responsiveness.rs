@@ -1,0 +1,165 @@
+//! Responsiveness: long operations occupy the runner, never the reconcile workers. These tests
+//! assert structure (what is still running when something else finished), not wall time.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use controllers::snapshot_key;
+use runner::{OpState, RunnerConfig};
+use store::{ImageState, SnapshotState};
+
+const BUDGET: Duration = Duration::from_secs(600);
+
+fn data(seed: u8) -> Vec<u8> {
+    vec![seed | 1; (MIB / 2) as usize]
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_empty_volume_is_available_while_every_runner_slot_is_busy() {
+    let mut w = World::new(
+        test_config(),
+        RunnerConfig {
+            max_running: 2,
+            max_waiting: 8,
+            ..RunnerConfig::default()
+        },
+    );
+    w.start().await;
+    // Four OS images whose downloads hang after their first chunk: two populates run, two wait.
+    w.source.hold();
+    let mut os_volumes = Vec::new();
+    for i in 0..4u8 {
+        let reference = w.source.add(&format!("os{i}"), data(i));
+        let mut v = new_volume(MIB);
+        v.spec.image = reference;
+        os_volumes.push(w.images().create(v).await.unwrap());
+    }
+    let busy = w
+        .wait_for(BUDGET, |r, _, _| {
+            let ops = r.runner.snapshot();
+            ops.iter().filter(|o| o.state == OpState::Running).count() == 2
+                && ops.iter().filter(|o| o.state == OpState::Waiting).count() == 2
+        })
+        .await;
+    assert!(busy, "every slot is taken by a hanging populate");
+
+    let vol = w.images().create(new_volume(2 * MIB)).await.unwrap();
+    let id = vol.metadata.id.clone();
+    let available = w
+        .wait_for(BUDGET, |_, images, _| {
+            images
+                .iter()
+                .any(|i| i.metadata.id == id && i.status.state == ImageState::Available)
+        })
+        .await;
+    assert!(available);
+    let got = w.images().get(&id).await.unwrap();
+    assert_eq!(
+        got.status.state,
+        ImageState::Available,
+        "the empty volume did not wait"
+    );
+
+    // A snapshot of it and its deletion do not need the runner either.
+    let snap = w
+        .snapshots()
+        .create(new_volume_snapshot(&id))
+        .await
+        .unwrap();
+    let sid = snap.metadata.id.clone();
+    let ready = w
+        .wait_for(BUDGET, |_, _, snaps| {
+            snaps
+                .iter()
+                .any(|s| s.metadata.id == sid && s.status.state == SnapshotState::Ready)
+        })
+        .await;
+    assert!(ready);
+    assert_eq!(
+        w.snapshots()
+            .get(&snap.metadata.id)
+            .await
+            .unwrap()
+            .status
+            .state,
+        SnapshotState::Ready
+    );
+
+    // The structure that proves it: all four populates are still pending.
+    let ops = w.r().runner.snapshot();
+    assert_eq!(ops.len(), 4);
+    for i in 0..4u8 {
+        let digest = digest_of(&format!("os{i}"));
+        assert!(w.r().runner.state(&snapshot_key(&digest)).is_some());
+        let s = w.snapshots().get(&digest).await.unwrap();
+        assert_eq!(s.status.state, SnapshotState::Populating);
+    }
+    for v in &os_volumes {
+        assert_eq!(
+            w.images().get(&v.metadata.id).await.unwrap().status.state,
+            ImageState::Pending
+        );
+    }
+
+    w.source.release();
+    assert!(w.settle(BUDGET).await);
+    for v in &os_volumes {
+        assert_eq!(
+            w.images().get(&v.metadata.id).await.unwrap().status.state,
+            ImageState::Available
+        );
+    }
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_runner_is_retried_with_backoff_not_in_a_storm() {
+    let mut w = World::new(
+        test_config(),
+        RunnerConfig {
+            max_running: 1,
+            max_waiting: 0,
+            ..RunnerConfig::default()
+        },
+    );
+    w.start().await;
+    w.source.hold();
+    let mut ids = Vec::new();
+    for i in 0..3u8 {
+        let reference = w.source.add(&format!("busy{i}"), data(i));
+        let mut v = new_volume(MIB);
+        v.spec.image = reference;
+        ids.push(w.images().create(v).await.unwrap().metadata.id);
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let ops = w.r().runner.snapshot();
+    assert_eq!(ops.len(), 1, "one populate runs, nothing waits");
+    // The two rejected snapshots are retried at most every `busy_backoff` (500 ms here): a
+    // storm would have thousands of passes in a virtual minute.
+    let mut rejected = 0;
+    for i in 0..3u8 {
+        let digest = digest_of(&format!("busy{i}"));
+        let failures = w.r().probe.snapshot_queue().failures(&digest);
+        if w.r().runner.state(&snapshot_key(&digest)).is_none() {
+            rejected += 1;
+            assert!(
+                (5..=200).contains(&failures),
+                "{failures} retries in a minute"
+            );
+        }
+    }
+    assert_eq!(rejected, 2);
+    w.source.release();
+    assert!(w.settle(BUDGET).await);
+    for id in &ids {
+        assert_eq!(
+            w.images().get(id).await.unwrap().status.state,
+            ImageState::Available
+        );
+    }
+    w.stop().await;
+}

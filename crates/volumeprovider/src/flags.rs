@@ -1,0 +1,569 @@
+//! Daemon flags (SPEC §7.7): the Go provider's names and defaults, plus cephvol's own.
+//!
+//! Go flags kept: `--address`, `--supported-volume-classes`, `--ceph-monitors`,
+//! `--ceph-connect-timeout`, `--ceph-user`, `--ceph-key-file`, `--ceph-keyring-file`, `--ceph-pool`,
+//! `--ceph-client`, `--ceph-kek-path`, `--limits-burst-factor`, `--limits-burst-duration`,
+//! `--populator-buffer-size`, `--worker-size`, `--omap-iterator-size`, `--volume-event-max-events`,
+//! `--volume-event-ttl`, `--volume-event-resync-interval`, `--async-max-workers`, and the zap logging
+//! flags (accepted for drop-in compatibility and mapped to our logging where it makes sense).
+//!
+//! Differences from Go, on purpose: `--worker-size 1` is accepted (any value ≥ 1; Go rejected 1 by
+//! mistake, SPEC §9.8); `--ceph-*` flags are required only with `--backend ceph`; durations use Go's
+//! syntax (`90s`, `5m`, `1h30m`).
+//!
+//! Ours: `--backend local|ceph`, `--data-dir`, `--metrics-address`, `--log-format`, `--log-level`,
+//! `--socket-mode`, `--populate-queue-depth`, `--registry-insecure-hosts` (alias
+//! `--registry-plain-http`), `--registry-skip-tls-verify`, `--registry-ca-file`, `--docker-config`,
+//! `--shutdown-timeout`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::error::{Error, Result};
+
+/// Default unix socket path (the poollet's well-known provider socket).
+pub const DEFAULT_ADDRESS: &str = "/var/run/iri-volumeprovider.sock";
+/// Monitors reported in access data on the local backend when `--ceph-monitors` is not given.
+pub const LOCAL_MONITORS: &str = "127.0.0.1:6789";
+/// Pool name of the local backend when `--ceph-pool` is not given.
+pub const LOCAL_POOL: &str = "cephvol";
+/// Ceph client reported to consumers on the local backend when `--ceph-client` is not given.
+pub const LOCAL_CLIENT: &str = "client.cephvol";
+
+/// Which block backend and store the daemon runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// Sparse files and JSON documents under `--data-dir` (the embedded default).
+    Local,
+    /// librbd/librados on a Ceph cluster, objects in rados omap (needs the `ceph` cargo feature).
+    Ceph,
+}
+
+impl BackendKind {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::Ceph => "ceph",
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every daemon flag.
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    /// Unix socket to serve the IRI VolumeRuntime on (a `unix://` prefix is accepted).
+    #[arg(long, default_value = DEFAULT_ADDRESS)]
+    pub address: String,
+
+    /// YAML/JSON list of volume classes `[{name, capabilities: {tps, iops}}]`. Without it one
+    /// built-in class `standard` (tps 100 MiB/s, iops 3000) is offered.
+    #[arg(long, value_name = "FILE")]
+    pub supported_volume_classes: Option<PathBuf>,
+
+    /// Ceph monitors `host:port[,host:port]`, copied verbatim into access data (local backend
+    /// default: 127.0.0.1:6789, a placeholder).
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub ceph_monitors: String,
+
+    /// Timeout of the connection to the Ceph cluster.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub ceph_connect_timeout: Duration,
+
+    /// Rados user id (without `client.`).
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub ceph_user: String,
+
+    /// File containing only the user's key (wins over --ceph-keyring-file).
+    #[arg(long, value_name = "FILE")]
+    pub ceph_key_file: Option<PathBuf>,
+
+    /// Ceph keyring file; the key of section `[client.<ceph-user>]` is used.
+    #[arg(long, value_name = "FILE")]
+    pub ceph_keyring_file: Option<PathBuf>,
+
+    /// Pool holding the images (local backend default: cephvol).
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub ceph_pool: String,
+
+    /// Ceph client whose key consumers get in access data, e.g. `client.volumes` (local backend
+    /// default: client.cephvol).
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub ceph_client: String,
+
+    /// File with exactly 32 bytes: the AES-256-GCM key protecting volume passphrases at rest.
+    /// Local backend: generated under --data-dir when not given.
+    #[arg(long, value_name = "FILE")]
+    pub ceph_kek_path: Option<PathBuf>,
+
+    /// Burst limit = factor × class limit.
+    #[arg(long, default_value_t = 10)]
+    pub limits_burst_factor: i64,
+
+    /// Burst duration in seconds.
+    #[arg(long, default_value_t = 15)]
+    pub limits_burst_duration: i64,
+
+    /// Copy buffer of OS image population, bytes (0 = 5 MiB).
+    #[arg(long, default_value_t = 5_242_880)]
+    pub populator_buffer_size: usize,
+
+    /// Reconcile workers per controller (≥ 1).
+    #[arg(long, default_value_t = 15)]
+    pub worker_size: usize,
+
+    /// Page size of omap listing (ceph backend), > 0.
+    #[arg(long, default_value_t = 1000)]
+    pub omap_iterator_size: usize,
+
+    /// Events kept in memory for ListEvents (≤ 0: 1000).
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
+    pub volume_event_max_events: i64,
+
+    /// How long an event is kept.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub volume_event_ttl: Duration,
+
+    /// How often expired events are dropped.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub volume_event_resync_interval: Duration,
+
+    /// Long operations (populate, flatten) running at once, > 0.
+    #[arg(long, default_value_t = 10)]
+    pub async_max_workers: usize,
+
+    /// Block backend and store: `local` (files under --data-dir) or `ceph`.
+    #[arg(long, value_enum, default_value_t = BackendKind::Local)]
+    pub backend: BackendKind,
+
+    /// Where the local backend keeps images, objects and its generated KEK
+    /// (default: $CEPHVOL_DATA_DIR, else $XDG_DATA_HOME/cephvol, else ./cephvol-data).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Serve Prometheus metrics on this TCP address, e.g. 127.0.0.1:9090 (off by default).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_address: Option<SocketAddr>,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log level or tracing filter (`info`, `debug`, `volumeprovider=debug,info`); RUST_LOG wins.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+
+    /// Permissions of the socket file, octal.
+    #[arg(long, default_value = "0600", value_parser = parse_mode)]
+    pub socket_mode: u32,
+
+    /// Writes in flight while populating an OS image.
+    #[arg(long, default_value_t = 4)]
+    pub populate_queue_depth: usize,
+
+    /// Registries (`host[:port]` as written in image references) reached over plain HTTP; repeat
+    /// or separate with commas. Loopback registries always are.
+    #[arg(
+        long,
+        alias = "registry-plain-http",
+        value_delimiter = ',',
+        value_name = "HOSTS"
+    )]
+    pub registry_insecure_hosts: Vec<String>,
+
+    /// Accept any TLS certificate from registries (test registries only).
+    #[arg(long)]
+    pub registry_skip_tls_verify: bool,
+
+    /// Extra PEM CA certificate(s) to trust for registries; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub registry_ca_file: Vec<PathBuf>,
+
+    /// Docker config with registry credentials (default $DOCKER_CONFIG/config.json or
+    /// ~/.docker/config.json).
+    #[arg(long, value_name = "FILE")]
+    pub docker_config: Option<PathBuf>,
+
+    /// How long shutdown waits for running operations before cancelling them.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// zap compatibility: development mode (ignored).
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub zap_devel: Option<String>,
+    /// zap compatibility: `json` selects --log-format json, `console` text.
+    #[arg(long, hide = true)]
+    pub zap_encoder: Option<String>,
+    /// zap compatibility: `debug`, `info`, `error` or a number (≥1 = debug).
+    #[arg(long, hide = true)]
+    pub zap_log_level: Option<String>,
+    /// zap compatibility (ignored).
+    #[arg(long, hide = true)]
+    pub zap_stacktrace_level: Option<String>,
+    /// zap compatibility (ignored).
+    #[arg(long, hide = true)]
+    pub zap_time_encoding: Option<String>,
+}
+
+impl DaemonArgs {
+    /// Checks values that clap cannot (ranges, required-by-backend flags). Runs before anything
+    /// starts.
+    pub fn validate(&self) -> Result<()> {
+        let flag = |flag: &'static str, reason: &str| Error::Flag {
+            flag,
+            reason: reason.into(),
+        };
+        if self.worker_size < 1 {
+            return Err(flag("--worker-size", "must be ≥ 1"));
+        }
+        if self.async_max_workers < 1 {
+            return Err(flag("--async-max-workers", "must be > 0"));
+        }
+        if self.omap_iterator_size < 1 {
+            return Err(flag("--omap-iterator-size", "must be > 0"));
+        }
+        if self.populate_queue_depth < 1 {
+            return Err(flag("--populate-queue-depth", "must be ≥ 1"));
+        }
+        if self.limits_burst_factor < 0 || self.limits_burst_duration < 0 {
+            return Err(flag(
+                "--limits-burst-factor/--limits-burst-duration",
+                "must not be negative",
+            ));
+        }
+        if self.volume_event_resync_interval.is_zero() {
+            return Err(flag("--volume-event-resync-interval", "must be > 0"));
+        }
+        if self.socket_path().as_os_str().is_empty() {
+            return Err(flag("--address", "must not be empty"));
+        }
+        for m in self.monitors().split(',') {
+            if !is_host_port(m.trim()) {
+                return Err(flag("--ceph-monitors", "each monitor must be host:port"));
+            }
+        }
+        if self.backend == BackendKind::Ceph {
+            if self.ceph_monitors.is_empty() {
+                return Err(flag("--ceph-monitors", "required with --backend ceph"));
+            }
+            if self.ceph_pool.is_empty() {
+                return Err(flag("--ceph-pool", "required with --backend ceph"));
+            }
+            if self.ceph_client.is_empty() {
+                return Err(flag("--ceph-client", "required with --backend ceph"));
+            }
+            if self.ceph_user.is_empty() {
+                return Err(flag("--ceph-user", "required with --backend ceph"));
+            }
+            if self.ceph_key_file.is_none() && self.ceph_keyring_file.is_none() {
+                return Err(flag(
+                    "--ceph-key-file/--ceph-keyring-file",
+                    "one is required with --backend ceph",
+                ));
+            }
+            if self.ceph_kek_path.is_none() {
+                return Err(flag("--ceph-kek-path", "required with --backend ceph"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The socket path (`unix://` prefix removed).
+    pub fn socket_path(&self) -> PathBuf {
+        PathBuf::from(strip_unix_scheme(&self.address))
+    }
+
+    /// Monitors for access data (placeholder on the local backend).
+    pub fn monitors(&self) -> String {
+        if self.ceph_monitors.is_empty() {
+            LOCAL_MONITORS.to_string()
+        } else {
+            self.ceph_monitors.clone()
+        }
+    }
+
+    /// Pool name (local default `cephvol`).
+    pub fn pool(&self) -> String {
+        if self.ceph_pool.is_empty() {
+            LOCAL_POOL.to_string()
+        } else {
+            self.ceph_pool.clone()
+        }
+    }
+
+    /// Ceph client of access data (local default `client.cephvol`).
+    pub fn client(&self) -> String {
+        if self.ceph_client.is_empty() {
+            LOCAL_CLIENT.to_string()
+        } else {
+            self.ceph_client.clone()
+        }
+    }
+
+    /// The data directory: `--data-dir`, else `$CEPHVOL_DATA_DIR`, else `$XDG_DATA_HOME/cephvol`,
+    /// else `./cephvol-data`.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
+        if let Some(d) = std::env::var_os("CEPHVOL_DATA_DIR").filter(|d| !d.is_empty()) {
+            return PathBuf::from(d);
+        }
+        match std::env::var_os("XDG_DATA_HOME") {
+            Some(x) if !x.is_empty() => PathBuf::from(x).join("cephvol"),
+            _ => PathBuf::from("cephvol-data"),
+        }
+    }
+
+    /// Event store capacity (Go: ≤ 0 means 1000).
+    pub fn max_events(&self) -> usize {
+        if self.volume_event_max_events <= 0 {
+            1000
+        } else {
+            usize::try_from(self.volume_event_max_events).unwrap_or(usize::MAX)
+        }
+    }
+
+    /// Populate copy buffer (0 means 5 MiB).
+    pub fn populator_buffer(&self) -> usize {
+        if self.populator_buffer_size == 0 {
+            5 * 1024 * 1024
+        } else {
+            self.populator_buffer_size
+        }
+    }
+
+    /// Log format after the zap compatibility flags.
+    pub fn effective_log_format(&self) -> LogFormat {
+        match self.zap_encoder.as_deref() {
+            Some("json") => LogFormat::Json,
+            Some("console") => LogFormat::Text,
+            _ => self.log_format,
+        }
+    }
+
+    /// Log filter after the zap compatibility flags.
+    pub fn effective_log_level(&self) -> String {
+        match self.zap_log_level.as_deref() {
+            Some("debug") => "debug".into(),
+            Some("info") => "info".into(),
+            Some("error") => "error".into(),
+            Some("warn") => "warn".into(),
+            Some(n) if n.parse::<i64>().is_ok_and(|n| n >= 1) => "debug".into(),
+            _ => self.log_level.clone(),
+        }
+    }
+}
+
+/// Removes a leading `unix://` (so `unix:///run/x.sock` → `/run/x.sock`) or `unix:`.
+pub fn strip_unix_scheme(address: &str) -> &str {
+    address
+        .strip_prefix("unix://")
+        .or_else(|| address.strip_prefix("unix:"))
+        .unwrap_or(address)
+}
+
+fn is_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => false,
+    }
+}
+
+/// Parses an octal file mode such as `0600` or `660`.
+pub fn parse_mode(s: &str) -> std::result::Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let mode = u32::from_str_radix(digits, 8).map_err(|_| format!("{s:?} is not an octal mode"))?;
+    if mode > 0o777 {
+        return Err(format!("{s:?}: only permission bits (≤ 0777) are allowed"));
+    }
+    Ok(mode)
+}
+
+/// Parses a Go duration (`300ms`, `1.5s`, `5m`, `1h30m`; units ns, us/µs, ms, s, m, h). A bare `0`
+/// is zero.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err("empty duration".to_string());
+    }
+    let bad = || format!("invalid duration {s:?} (examples: 500ms, 10s, 5m, 1h30m)");
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * factor;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+/// Formats a duration the way Go prints short ones (`1m0s` → `1m`, `90s` → `1m30s`).
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        d: DaemonArgs,
+    }
+
+    fn parse(args: &[&str]) -> DaemonArgs {
+        let mut v = vec!["cephvol"];
+        v.extend_from_slice(args);
+        T::try_parse_from(v).expect("flags parse").d
+    }
+
+    #[test]
+    fn defaults_match_the_go_provider() {
+        let d = parse(&[]);
+        assert_eq!(d.address, "/var/run/iri-volumeprovider.sock");
+        assert_eq!(d.ceph_connect_timeout, Duration::from_secs(10));
+        assert_eq!(d.limits_burst_factor, 10);
+        assert_eq!(d.limits_burst_duration, 15);
+        assert_eq!(d.populator_buffer_size, 5_242_880);
+        assert_eq!(d.worker_size, 15);
+        assert_eq!(d.omap_iterator_size, 1000);
+        assert_eq!(d.volume_event_max_events, 100);
+        assert_eq!(d.volume_event_ttl, Duration::from_secs(300));
+        assert_eq!(d.volume_event_resync_interval, Duration::from_secs(60));
+        assert_eq!(d.async_max_workers, 10);
+        assert_eq!(d.backend, BackendKind::Local);
+        assert_eq!(d.socket_mode, 0o600);
+        assert_eq!(d.populate_queue_depth, 4);
+        assert_eq!(d.log_format, LogFormat::Text);
+        assert!(d.metrics_address.is_none());
+        d.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn go_style_flags_parse() {
+        let d = parse(&[
+            "--address=unix:///tmp/x.sock",
+            "--ceph-monitors=mon1:6789,mon2:6789",
+            "--volume-event-ttl=2s",
+            "--volume-event-max-events=-1",
+            "--worker-size=1",
+            "--zap-log-level=2",
+            "--zap-devel",
+            "--registry-insecure-hosts=localhost:5000,127.0.0.1:5001",
+            "--registry-plain-http=reg.test:80",
+        ]);
+        assert_eq!(d.socket_path(), PathBuf::from("/tmp/x.sock"));
+        assert_eq!(d.volume_event_ttl, Duration::from_secs(2));
+        assert_eq!(d.max_events(), 1000);
+        assert_eq!(d.effective_log_level(), "debug");
+        assert_eq!(
+            d.registry_insecure_hosts,
+            ["localhost:5000", "127.0.0.1:5001", "reg.test:80"]
+        );
+        d.validate().expect("valid: worker size 1 is accepted");
+    }
+
+    #[test]
+    fn ceph_backend_requires_its_flags() {
+        let e = parse(&["--backend=ceph"])
+            .validate()
+            .expect_err("must fail");
+        assert!(e.to_string().contains("--ceph-monitors"), "{e}");
+        let e = parse(&[
+            "--backend=ceph",
+            "--ceph-monitors=m:1",
+            "--ceph-pool=p",
+            "--ceph-client=client.x",
+            "--ceph-user=x",
+            "--ceph-key-file=/k",
+        ])
+        .validate()
+        .expect_err("must fail");
+        assert!(e.to_string().contains("--ceph-kek-path"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_before_start() {
+        assert!(parse(&["--worker-size=0"]).validate().is_err());
+        assert!(parse(&["--async-max-workers=0"]).validate().is_err());
+        assert!(parse(&["--omap-iterator-size=0"]).validate().is_err());
+        assert!(parse(&["--ceph-monitors=nohostport"]).validate().is_err());
+        assert!(T::try_parse_from(["c", "--socket-mode=999"]).is_err());
+        assert!(T::try_parse_from(["c", "--volume-event-ttl=5x"]).is_err());
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("5").is_err());
+        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(format_duration(Duration::from_secs(60)), "1m");
+    }
+
+    #[test]
+    fn octal_modes_parse() {
+        assert_eq!(parse_mode("0600"), Ok(0o600));
+        assert_eq!(parse_mode("660"), Ok(0o660));
+        assert!(parse_mode("0800").is_err());
+        assert!(parse_mode("01777").is_err());
+    }
+}

@@ -1,0 +1,454 @@
+//! Prometheus metrics (prometheus-client) and the tiny HTTP endpoint serving them on
+//! `--metrics-address` (`GET /metrics`, plus `GET /healthz`).
+//!
+//! Exported:
+//! * `cephvol_rpc_requests_total{method,code}` and `cephvol_rpc_duration_seconds{method}` — every
+//!   IRI and progress RPC, timed in the handler wrapper of `server`;
+//! * `cephvol_runner_waiting`, `cephvol_runner_running` (gauges), `cephvol_runner_{accepted,
+//!   deduplicated,rejected_busy,succeeded,failed,panicked,cancelled}_total` and the histogram
+//!   `cephvol_runner_duration_seconds`, read from `runner.metrics()` at scrape time;
+//! * `cephvol_controller_queue_length{controller}` and `cephvol_controller_queue_delayed{controller}`
+//!   from the reconcilers' work queues;
+//! * `cephvol_events_recorded_total`, `cephvol_events_dropped_total`, `cephvol_events_held`;
+//! * `cephvol_build_info{version}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use runner::RunnerMetrics;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::events::EventStore;
+
+/// Labels of the RPC counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// RPC method name, e.g. `CreateVolume`.
+    pub method: String,
+    /// gRPC code name, e.g. `Ok`, `InvalidArgument`.
+    pub code: String,
+}
+
+/// Labels of the RPC latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// RPC method name.
+    pub method: String,
+}
+
+fn rpc_histogram() -> Histogram {
+    // 0.5 ms … ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The daemon's metrics registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    rpc_requests: Family<RpcLabels, Counter>,
+    rpc_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with the RPC metrics and build info.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("cephvol");
+        let rpc_requests = Family::<RpcLabels, Counter>::default();
+        let rpc_duration =
+            Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                rpc_histogram,
+            );
+        registry.register(
+            "rpc_requests",
+            "IRI RPCs served, by method and gRPC code",
+            rpc_requests.clone(),
+        );
+        registry.register(
+            "rpc_duration_seconds",
+            "IRI RPC latency, by method",
+            rpc_duration.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
+        );
+        Metrics {
+            registry,
+            rpc_requests,
+            rpc_duration,
+        }
+    }
+
+    /// Adds a collector read at scrape time (runner, events).
+    pub fn register_collector(&mut self, collector: Box<dyn Collector>) {
+        self.registry.register_collector(collector);
+    }
+
+    /// Records one RPC.
+    pub fn observe_rpc(&self, method: &str, code: tonic::Code, elapsed: Duration) {
+        self.rpc_requests
+            .get_or_create(&RpcLabels {
+                method: method.to_string(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+        self.rpc_duration
+            .get_or_create(&MethodLabels {
+                method: method.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+fn counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    let m = e.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    let m = e.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+/// Reads the runner's figures at scrape time.
+pub struct RunnerCollector {
+    read: Box<dyn Fn() -> RunnerMetrics + Send + Sync>,
+}
+
+impl std::fmt::Debug for RunnerCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunnerCollector")
+    }
+}
+
+impl RunnerCollector {
+    /// A collector calling `read` on every scrape (normally `move || runner.metrics()`).
+    pub fn new(read: impl Fn() -> RunnerMetrics + Send + Sync + 'static) -> RunnerCollector {
+        RunnerCollector {
+            read: Box::new(read),
+        }
+    }
+}
+
+impl Collector for RunnerCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = (self.read)();
+        let to_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        gauge(
+            &mut e,
+            "runner_waiting",
+            "Long operations waiting for a slot",
+            to_i64(m.waiting),
+        )?;
+        gauge(
+            &mut e,
+            "runner_running",
+            "Long operations running",
+            to_i64(m.running),
+        )?;
+        counter(&mut e, "runner_accepted", "Operations accepted", m.accepted)?;
+        counter(
+            &mut e,
+            "runner_deduplicated",
+            "Submissions of a key already queued or running",
+            m.deduplicated,
+        )?;
+        counter(
+            &mut e,
+            "runner_rejected_busy",
+            "Submissions rejected because the queue was full",
+            m.rejected_busy,
+        )?;
+        counter(
+            &mut e,
+            "runner_succeeded",
+            "Operations that succeeded",
+            m.succeeded,
+        )?;
+        counter(
+            &mut e,
+            "runner_failed",
+            "Operations that failed (panics included)",
+            m.failed,
+        )?;
+        counter(
+            &mut e,
+            "runner_panicked",
+            "Operations that panicked",
+            m.panicked,
+        )?;
+        counter(
+            &mut e,
+            "runner_cancelled",
+            "Operations cancelled",
+            m.cancelled,
+        )?;
+        let buckets: Vec<(f64, u64)> = runner::DURATION_BUCKETS
+            .iter()
+            .zip(m.duration_buckets.iter())
+            .map(|(le, n)| (le.as_secs_f64(), *n))
+            .chain(std::iter::once((f64::INFINITY, m.duration_count)))
+            .collect();
+        let desc = e.encode_descriptor(
+            "runner_duration_seconds",
+            "Run time of long operations",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        let mut desc = desc;
+        desc.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            m.duration_sum.as_secs_f64(),
+            m.duration_count,
+            &buckets,
+            None,
+        )
+    }
+}
+
+/// Reads the reconcilers' work queues at scrape time.
+pub struct QueueCollector(pub controllers::Probe);
+
+impl std::fmt::Debug for QueueCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueCollector")
+    }
+}
+
+impl Collector for QueueCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let queues = [
+            ("image", self.0.image_queue()),
+            ("snapshot", self.0.snapshot_queue()),
+        ];
+        let mut desc = e.encode_descriptor(
+            "controller_queue_length",
+            "Object ids queued for a reconcile pass, by controller",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (name, q) in &queues {
+            let labels = [("controller", *name)];
+            ConstGauge::new(i64::try_from(q.len()).unwrap_or(i64::MAX))
+                .encode(desc.encode_family(&labels)?)?;
+        }
+        let mut desc = e.encode_descriptor(
+            "controller_queue_delayed",
+            "Object ids waiting for a retry (backoff), by controller",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (name, q) in &queues {
+            let labels = [("controller", *name)];
+            let n = q.delayed_keys().len();
+            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
+                .encode(desc.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the event store's figures at scrape time.
+#[derive(Debug)]
+pub struct EventsCollector(pub Arc<EventStore>);
+
+impl Collector for EventsCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (recorded, dropped) = self.0.totals();
+        counter(&mut e, "events_recorded", "Events recorded", recorded)?;
+        counter(
+            &mut e,
+            "events_dropped",
+            "Events overwritten or expired",
+            dropped,
+        )?;
+        gauge(
+            &mut e,
+            "events_held",
+            "Events held for ListEvents",
+            i64::try_from(self.0.len()).unwrap_or(i64::MAX),
+        )
+    }
+}
+
+/// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (mut conn, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                    continue;
+                }
+            },
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                    let n = conn.read(&mut chunk).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            if !matches!(read, Ok(Ok(()))) {
+                return;
+            }
+            let request = String::from_utf8_lossy(&buf);
+            let line = request.lines().next().unwrap_or_default();
+            let mut parts = line.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let path = path.split('?').next().unwrap_or("");
+            let (status, ctype, body) = match (method, path) {
+                ("GET", "/metrics") => (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    metrics.encode(),
+                ),
+                ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_string()),
+                ("GET", _) => (
+                    "404 Not Found",
+                    "text/plain; charset=utf-8",
+                    "not found\n".to_string(),
+                ),
+                _ => (
+                    "405 Method Not Allowed",
+                    "text/plain; charset=utf-8",
+                    "method not allowed\n".to_string(),
+                ),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(body.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+/// Binds the metrics endpoint (fails start-up early when the address is taken).
+pub async fn bind(addr: SocketAddr) -> crate::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| crate::Error::io(format!("binding --metrics-address {addr}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_observations_are_exported() {
+        let m = Metrics::new();
+        m.observe_rpc("CreateVolume", tonic::Code::Ok, Duration::from_millis(3));
+        m.observe_rpc(
+            "CreateVolume",
+            tonic::Code::InvalidArgument,
+            Duration::from_millis(1),
+        );
+        let text = m.encode();
+        assert!(
+            text.contains(r#"cephvol_rpc_requests_total{method="CreateVolume",code="Ok"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"code="InvalidArgument""#), "{text}");
+        assert!(
+            text.contains(r#"cephvol_rpc_duration_seconds_count{method="CreateVolume"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains("cephvol_build_info"), "{text}");
+    }
+
+    #[test]
+    fn runner_and_event_figures_are_read_at_scrape_time() {
+        let mut m = Metrics::new();
+        m.register_collector(Box::new(RunnerCollector::new(RunnerMetrics::default)));
+        let events = Arc::new(EventStore::new(10, Duration::from_secs(60)));
+        m.register_collector(Box::new(EventsCollector(events)));
+        let text = m.encode();
+        assert!(text.contains("cephvol_runner_waiting 0"), "{text}");
+        assert!(text.contains("cephvol_runner_failed_total 0"), "{text}");
+        assert!(
+            text.contains(r#"cephvol_runner_duration_seconds_bucket{le="+Inf"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains("cephvol_events_held 0"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_answers_metrics_and_healthz() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let token = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, Arc::new(Metrics::new()), token.clone()));
+        for (path, want) in [
+            ("/metrics", "200 OK"),
+            ("/healthz", "200 OK"),
+            ("/nope", "404"),
+        ] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.expect("read");
+            assert!(
+                out.starts_with(&format!("HTTP/1.1 {want}")),
+                "{path}: {out}"
+            );
+        }
+        token.cancel();
+        task.await.expect("stops");
+    }
+}
