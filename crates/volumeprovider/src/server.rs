@@ -100,6 +100,58 @@ fn managed() -> ListOptions {
     ListOptions::new().label(keys::MANAGER_LABEL, keys::MANAGER)
 }
 
+/// The IRI listing shared by ListVolumes and ListVolumeSnapshots: `id` set → that object or an
+/// empty list (the selector is then ignored); otherwise every managed object whose IRI labels
+/// match `selector`. Objects `visible` rejects are never listed; objects that cannot be
+/// converted are skipped with a warning instead of failing the whole list.
+async fn list_visible<T, P, E>(
+    store: &Store<T>,
+    (one, many): (&str, &str),
+    id: &str,
+    selector: &BTreeMap<String, String>,
+    visible: impl Fn(&T) -> bool,
+    to_iri: impl Fn(&T) -> Result<P, E>,
+    metadata: impl Fn(&P) -> Option<&crate::proto::meta_v1::ObjectMetadata>,
+) -> Result<Vec<P>, Status>
+where
+    T: store::Object,
+    E: std::fmt::Display,
+{
+    validate::selector("filter.label_selector", selector)?;
+    let objects = if !id.is_empty() {
+        if !validate::is_valid_id(id) {
+            return Ok(Vec::new());
+        }
+        match store.get(id).await {
+            Ok(obj) => vec![obj],
+            Err(StoreError::NotFound(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(store_err(one, e)),
+        }
+    } else {
+        store
+            .list(&managed())
+            .await
+            .map_err(|e| store_err(many, e))?
+    };
+    let mut out = Vec::with_capacity(objects.len());
+    for obj in objects.iter().filter(|o| visible(o)) {
+        match to_iri(obj) {
+            Ok(v) => {
+                let labels = metadata(&v).map(|m| &m.labels);
+                if id.is_empty() && !labels.is_some_and(|l| convert::labels_match(l, selector)) {
+                    continue;
+                }
+                out.push(v);
+            }
+            Err(e) => {
+                let obj_id = &obj.metadata().id;
+                warn!(id = %obj_id, error = %e, "skipping {one} that cannot be shown")
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Newest first, then id, so that a choice among several candidates is deterministic.
 fn newest<T: store::Object>(mut v: Vec<T>) -> Option<T> {
     v.sort_by(|a, b| {
@@ -161,44 +213,16 @@ impl VolumeServer {
         filter: Option<pb::VolumeFilter>,
     ) -> Result<Vec<pb::Volume>, Status> {
         let filter = filter.unwrap_or_default();
-        validate::selector("filter.label_selector", &filter.label_selector)?;
-        let images = if !filter.id.is_empty() {
-            if !validate::is_valid_id(&filter.id) {
-                return Ok(Vec::new());
-            }
-            match self.inner.images.get(&filter.id).await {
-                Ok(img) => vec![img],
-                Err(StoreError::NotFound(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(store_err("volume", e)),
-            }
-        } else {
-            self.inner
-                .images
-                .list(&managed())
-                .await
-                .map_err(|e| store_err("volumes", e))?
-        };
-        let mut out = Vec::with_capacity(images.len());
-        for img in &images {
-            if convert::is_internal_image(img) {
-                continue;
-            }
-            match convert::volume(img) {
-                Ok(v) => {
-                    let labels = v.metadata.as_ref().map(|m| &m.labels);
-                    if filter.id.is_empty()
-                        && !labels.is_some_and(|l| convert::labels_match(l, &filter.label_selector))
-                    {
-                        continue;
-                    }
-                    out.push(v);
-                }
-                Err(e) => {
-                    warn!(id = %img.metadata.id, error = %e, "skipping volume that cannot be shown")
-                }
-            }
-        }
-        Ok(out)
+        list_visible(
+            &self.inner.images,
+            ("volume", "volumes"),
+            &filter.id,
+            &filter.label_selector,
+            |img| !convert::is_internal_image(img),
+            convert::volume,
+            |v| v.metadata.as_ref(),
+        )
+        .await
     }
 
     /// Finds a managed, user-visible volume by id.
@@ -509,44 +533,16 @@ impl VolumeServer {
         filter: Option<pb::VolumeSnapshotFilter>,
     ) -> Result<Vec<pb::VolumeSnapshot>, Status> {
         let filter = filter.unwrap_or_default();
-        validate::selector("filter.label_selector", &filter.label_selector)?;
-        let snaps = if !filter.id.is_empty() {
-            if !validate::is_valid_id(&filter.id) {
-                return Ok(Vec::new());
-            }
-            match self.inner.snapshots.get(&filter.id).await {
-                Ok(s) => vec![s],
-                Err(StoreError::NotFound(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(store_err("snapshot", e)),
-            }
-        } else {
-            self.inner
-                .snapshots
-                .list(&managed())
-                .await
-                .map_err(|e| store_err("snapshots", e))?
-        };
-        let mut out = Vec::with_capacity(snaps.len());
-        for s in &snaps {
-            if !convert::is_managed(&s.metadata) {
-                continue;
-            }
-            match convert::volume_snapshot(s) {
-                Ok(v) => {
-                    let labels = v.metadata.as_ref().map(|m| &m.labels);
-                    if filter.id.is_empty()
-                        && !labels.is_some_and(|l| convert::labels_match(l, &filter.label_selector))
-                    {
-                        continue;
-                    }
-                    out.push(v);
-                }
-                Err(e) => {
-                    warn!(id = %s.metadata.id, error = %e, "skipping snapshot that cannot be shown")
-                }
-            }
-        }
-        Ok(out)
+        list_visible(
+            &self.inner.snapshots,
+            ("snapshot", "snapshots"),
+            &filter.id,
+            &filter.label_selector,
+            |s| convert::is_managed(&s.metadata),
+            convert::volume_snapshot,
+            |v| v.metadata.as_ref(),
+        )
+        .await
     }
 
     async fn create_snapshot_impl(
