@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cli::client::Clients;
+use iri::meta_v1::ObjectMetadata;
+use iri::volume_v1 as pb;
 use tempfile::TempDir;
-use volumeprovider::client::Clients;
-use volumeprovider::proto::meta_v1::ObjectMetadata;
-use volumeprovider::proto::volume_v1 as pb;
 
 /// The path of the daemon binary under test: `$CEPHVOL_BIN`, else this package's `cephvol-e2e`.
 /// A macro so that `CARGO_BIN_EXE_*` is read where it is defined (in the integration tests).

@@ -9,9 +9,9 @@
 
 use std::collections::BTreeMap;
 
+use iri::volume_v1 as pb;
 use tests::cephvol_bin;
 use tests::daemon::{id_of, ops, restore_req, snapshot_req, volume_req, Daemon};
-use volumeprovider::proto::volume_v1 as pb;
 
 const MIB: i64 = 1 << 20;
 const PASSPHRASE: &str = "ceph-e2e-passphrase-7b1f";

@@ -53,12 +53,12 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use iri::volume_v1 as pb;
+use registry_fixture::{pattern, IronImage, TestRegistry};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use tests::cephvol_bin;
 use tests::daemon::{eventually, id_of, ops, restore_req, snapshot_req, volume_req, Daemon};
-use tests::registry::{pattern, IronImage, TestRegistry};
-use volumeprovider::proto::volume_v1 as pb;
 
 const MIB: u64 = 1 << 20;
 /// Block size of the generated volume data (one rbd object).

@@ -3,10 +3,10 @@
 //! internal OS snapshot that is never listed, and an unknown image leaves the volume pending with
 //! a warning event instead of failing the call.
 
+use iri::volume_v1 as pb;
+use registry_fixture::{pattern, IronImage, TestRegistry};
 use tests::cephvol_bin;
 use tests::daemon::{eventually, ops, volume_req, Daemon, WAIT};
-use tests::registry::{pattern, IronImage, TestRegistry};
-use volumeprovider::proto::volume_v1 as pb;
 
 const MIB: usize = 1 << 20;
 

@@ -6,9 +6,9 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
 
+use iri::volume_v1 as pb;
 use tests::cephvol_bin;
 use tests::daemon::{ops, volume_req, Daemon};
-use volumeprovider::proto::volume_v1 as pb;
 
 fn mode(p: &std::path::Path) -> u32 {
     std::fs::symlink_metadata(p)
@@ -125,9 +125,7 @@ async fn flags_alone_start_the_daemon_like_the_poollet_deployment_does() {
         }
     })
     .await;
-    let mut c = volumeprovider::client::Clients::connect(&sock)
-        .await
-        .expect("connect");
+    let mut c = cli::client::Clients::connect(&sock).await.expect("connect");
     let v = c
         .runtime
         .version(pb::VersionRequest::default())

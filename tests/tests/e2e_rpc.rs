@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use iri::meta_v1::ObjectMetadata;
+use iri::volume_v1 as pb;
 use tests::cephvol_bin;
 use tests::daemon::{id_of, labels, ops, restore_req, snapshot_req, volume_req, Daemon};
 use tonic::Code;
-use volumeprovider::proto::meta_v1::ObjectMetadata;
-use volumeprovider::proto::volume_v1 as pb;
 
 const MIB: i64 = 1 << 20;
 

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use iri::volume_v1 as pb;
 use tests::cephvol_bin;
 use tests::daemon::{id_of, ops, restore_req, snapshot_req, volume_req, Daemon};
-use volumeprovider::proto::volume_v1 as pb;
 
 const KEK: &[u8; 32] = b"abcjdkekakakakakakakkadfkkasfdks";
 const PASSPHRASE: &str = "correct-horse-battery-staple-42";

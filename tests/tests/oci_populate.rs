@@ -1,5 +1,5 @@
 //! Populate end to end from a real registry on loopback: the rootfs stream of `OciImageSource`
-//! written into `rbd::fake::MemoryBackend` with several writes in flight, and the whole controller
+//! written into `rbd_testkit::fake::MemoryBackend` with several writes in flight, and the whole controller
 //! path (Image with `spec.image` → OS snapshot Ready → volume Available, clone data = rootfs).
 #![allow(clippy::unwrap_used)]
 
@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use controllers::events::MemoryEvents;
 use controllers::{os_image_name, volume_image_name, ControllerConfig, Controllers, ImageSource};
-use rbd::fake::{MemoryBackend, Op};
 use rbd::{BlockBackend, CancellationToken, WriteOptions};
+use rbd_testkit::fake::{MemoryBackend, Op};
+use registry_fixture::{pattern, sha256, IronImage, TestRegistry};
 use runner::{Runner, RunnerConfig, ShutdownMode};
 use store::{
     Image, ImageSpec, ImageState, ListOptions, Snapshot, SnapshotState, Store, WatchEvent,
 };
-use tests::registry::{pattern, sha256, IronImage, TestRegistry};
-use volumeprovider::oci::{OciImageSource, OciOptions};
+use volumeprovider::image_source::{OciImageSource, OciOptions};
 
 const MIB: usize = 1024 * 1024;
 /// Write request and fake object size (small: the tests run unoptimised).

@@ -3,7 +3,7 @@
 //!
 //! Two programs hold the figures:
 //! * the runner's own bench (`cargo bench -p runner --bench runner`): figure `runner`;
-//! * `cephvol-bench` (crates/volumeprovider/src/bin): `populate`, `responsiveness`, `store`,
+//! * `cephvol-bench` (crates/bench): `populate`, `responsiveness`, `store`,
 //!   `ceph`, `rss`. It is built in release mode with the other binaries of the crate (the `rss`
 //!   figure starts the real `cephvol` daemon next to it), with `--features ceph` when
 //!   `cargo xtask ceph status` says a cluster is up and that feature builds; the cluster's
@@ -147,17 +147,25 @@ fn ceph_setup() -> Result<CephSetup> {
 /// Builds the crate's binaries in release mode (with `ceph` when usable); falls back to a build
 /// without it when that feature does not compile here.
 fn build(ceph: CephSetup) -> Result<CephSetup> {
-    let base = ["build", "--release", "-p", "volumeprovider", "--bins"];
+    let base = [
+        "build",
+        "--release",
+        "-p",
+        "volumeprovider",
+        "-p",
+        "bench",
+        "--bins",
+    ];
     if let CephSetup::Use(env) = ceph {
         let mut argv = base.to_vec();
-        argv.extend(["--features", "ceph"]);
+        argv.extend(["--features", "volumeprovider/ceph,bench/ceph"]);
         match util::cargo(&argv) {
             Ok(()) => return Ok(CephSetup::Use(env)),
             Err(e) => {
                 eprintln!("bench: building with --features ceph failed ({e:#}); building without");
                 util::cargo(&base)?;
                 return Ok(CephSetup::Skip(
-                    "the `ceph` feature of the rbd crate does not build here (librbd-dev, \
+                    "the `ceph` crate does not build here (librbd-dev, \
                      librados-dev missing?)"
                         .into(),
                 ));

@@ -22,7 +22,7 @@ pub use cluster::{ensure_packages, Cluster, UpOutcome};
 /// `CEPHVOL_INTEGRATION=1` (under which they must fail rather than skip). Add new ones here.
 pub const SUITES: &[&[&str]] = &[
     // librbd/librados layer, omap store backend and the shared BlockBackend conformance rules.
-    &["test", "-p", "rbd", "--features", "ceph", "--", "--ignored"],
+    &["test", "-p", "ceph", "--", "--ignored"],
     // The daemon end to end on the cluster (`tests/tests/e2e_ceph.rs`).
     &[
         "test",
@@ -53,11 +53,10 @@ pub const SUITES: &[&[&str]] = &[
 /// before the cluster comes up.
 pub const CHECKS: &[&[&str]] = &[&[
     "clippy",
-    "-p",
-    "rbd",
-    "--features",
-    "ceph",
+    "--workspace",
     "--all-targets",
+    "--features",
+    "volumeprovider/ceph,tests/ceph,bench/ceph",
     "--",
     "-D",
     "warnings",

@@ -4,8 +4,9 @@ use anyhow::Result;
 
 use crate::util::{cargo, ensure_debian_packages};
 
-/// Debian packages the test suites need: a real OCI registry for the populate tests.
-const TEST_PACKAGES: &[&str] = &["docker-registry"];
+/// Debian packages the test suites need: a real OCI registry for the populate tests, and the
+/// librbd/librados development files that the `ceph` crate's test binaries link against.
+const TEST_PACKAGES: &[&str] = &["docker-registry", "librbd-dev", "librados-dev"];
 
 /// Installs what the tests need, then runs fmt check, clippy (warnings denied) and every workspace
 /// test, property tests at 1,000 cases (`--long`: 10,000) unless `PROPTEST_CASES` is set.

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use mockall::predicate::eq;
 use mockall::Sequence;
-use rbd::mock::MockBlockBackend;
 use rbd::{ChildRef, RbdError};
+use rbd_testkit::mock::MockBlockBackend;
 use store::keys::{IMAGE_FINALIZER, SNAPSHOT_FINALIZER};
 use store::{
     Image, ImageSpec, ImageState, Precondition, Snapshot, SnapshotSource, SnapshotState, StoreError,
@@ -349,7 +349,7 @@ fn conflicting_store(conflicts: usize) -> (Arc<dyn store::Backend>, Arc<AtomicUs
 #[tokio::test]
 async fn a_store_conflict_on_update_fails_the_pass_and_the_next_pass_completes() {
     let (store_backend, left) = conflicting_store(1);
-    let rbd = rbd::fake::MemoryBackend::new("pool");
+    let rbd = rbd_testkit::fake::MemoryBackend::new("pool");
     let ctx = Ctx::for_tests(Arc::new(rbd.clone()), no_source(), store_backend).await;
     ctx.images
         .create(Image::new(
@@ -384,7 +384,7 @@ async fn a_store_conflict_on_update_fails_the_pass_and_the_next_pass_completes()
 async fn status_writes_of_operations_retry_conflicts_and_keep_the_change() {
     let (store_backend, left) = conflicting_store(0);
     let ctx = Ctx::for_tests(
-        Arc::new(rbd::fake::MemoryBackend::new("pool")),
+        Arc::new(rbd_testkit::fake::MemoryBackend::new("pool")),
         no_source(),
         store_backend,
     )

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use controllers::{image_key, os_image_name, snapshot_key, volume_image_name};
-use rbd::fake::{Op, LUKS2_HEADER_SIZE};
 use rbd::{BlockBackend, RbdError};
+use rbd_testkit::fake::{Op, LUKS2_HEADER_SIZE};
 use runner::RunnerConfig;
 use store::{ImageState, ListOptions, SnapshotState, ENCRYPTION_HEADER_SET};
 

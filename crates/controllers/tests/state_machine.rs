@@ -13,8 +13,8 @@ use common::*;
 use controllers::image::LUKS2_HEADER_SIZE;
 use controllers::{os_image_name, round_size, volume_image_name, INTERNAL_LABEL};
 use proptest::prelude::*;
-use rbd::fake::Op as RbdOp;
 use rbd::{BlockBackend, RbdError};
+use rbd_testkit::fake::Op as RbdOp;
 use runner::RunnerConfig;
 use store::{Image, ImageState, ListOptions, Snapshot, SnapshotState};
 

@@ -1,22 +1,17 @@
-//! Block devices for cephvol: the [`BlockBackend`] trait and its implementations.
+//! Block devices for cephvol: the [`BlockBackend`] trait and its value types, the write pipeline
+//! every backend shares, and the local-directory backend (the daemon's embedded default).
 //!
 //! The controllers see RBD images only through [`BlockBackend`]. This crate owns:
-//! * the trait and its value types (this file) — the contract every backend honours;
-//! * `fake`: an in-memory backend with librbd's rules, plus fault and latency injection (tests);
-//! * `local`: sparse files in a directory (the embedded default of the daemon);
-//! * `ceph` (cargo feature `ceph`): librbd/librados through FFI, and the rados-omap store backend.
-//!   It is the only place in the workspace that links Ceph or uses `unsafe`.
+//! * the trait and its value types ([`backend`](self)) — the contract every backend honours;
+//! * [`pipeline`]: re-chunking a byte stream into write requests, zero skipping, queue depth;
+//! * [`local`]: sparse files in a directory.
 //!
-//! It must not know about stores, reconcilers, gRPC or the runner.
+//! Elsewhere: the in-memory fake, the conformance rules and the mock live in `rbd-testkit`
+//! (a dev-dependency); the librbd backend lives in `ceph`. This crate must not know about stores,
+//! reconcilers, gRPC, the runner or Ceph's libraries.
 
 mod backend;
-#[cfg(feature = "ceph")]
-pub mod ceph;
-pub mod conformance;
-pub mod fake;
 pub mod local;
-#[cfg(feature = "mock")]
-pub mod mock;
-mod pipeline;
+pub mod pipeline;
 
 pub use backend::*;

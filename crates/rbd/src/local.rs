@@ -865,6 +865,7 @@ fn snapshot_info(s: &SnapMeta) -> SnapshotInfo {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::escape;
 

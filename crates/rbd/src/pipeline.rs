@@ -13,7 +13,7 @@ use crate::{ByteStream, CancellationToken, ProgressFn, RbdError, Result, WriteOp
 
 /// Whether every byte of `buf` is zero. Compares against a static zero block (memcmp), which stays
 /// fast even in unoptimised test builds.
-pub(crate) fn is_zero(buf: &[u8]) -> bool {
+pub fn is_zero(buf: &[u8]) -> bool {
     static ZEROES: [u8; 64 * 1024] = [0; 64 * 1024];
     buf.chunks(ZEROES.len())
         .all(|piece| piece == &ZEROES[..piece.len()])
@@ -56,7 +56,7 @@ impl Rechunker {
 /// * `write(offset, bytes)`: performs one request; up to `opts.queue_depth` of them run concurrently.
 ///
 /// Returns the number of bytes consumed from the stream.
-pub(crate) async fn pipelined_write<F, Fut>(
+pub async fn pipelined_write<F, Fut>(
     data: ByteStream,
     opts: &WriteOptions,
     limit: u64,

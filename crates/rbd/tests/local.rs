@@ -1,11 +1,12 @@
 //! Behaviour of `rbd::local::LocalBackend` beyond the shared conformance rules: persistence across
 //! re-opening, the on-disk layout, sparse copies, crash leftovers, and what it does not support.
+#![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::MetadataExt;
 
-use rbd::conformance::{pattern, read_all, stream_of};
 use rbd::local::{LocalBackend, LOCAL_CLIENT_KEY};
 use rbd::{no_progress, BlockBackend, CancellationToken, Passphrase, RbdError, WriteOptions};
+use rbd_testkit::conformance::{pattern, read_all, stream_of};
 
 const MIB: u64 = 1024 * 1024;
 

@@ -17,23 +17,17 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use store::{keys, Image, ImageState, Metadata, Snapshot, SnapshotState};
 
-use crate::proto::{event_v1, meta_v1, volume_v1};
+use iri::{event_v1, meta_v1, volume_v1};
 
 /// Store annotation holding the id of the volume a snapshot was taken from, as the client named
 /// it at creation. Keeps `VolumeSnapshot.spec.volume_id` stable when the snapshot is re-homed onto
 /// an internal clone during the source's deletion (SPEC §9.20).
 pub const SOURCE_VOLUME_ANNOTATION: &str = "cephvol.ironcore.dev/source-volume-id";
 
-/// Label prefix of the poollet's labels.
-pub const POOLLET_PREFIX: &str = "volumepoollet.ironcore.dev/";
-/// Poollet label: namespace of the k8s Volume.
-pub const VOLUME_NAMESPACE_LABEL: &str = "volumepoollet.ironcore.dev/volume-namespace";
-/// Poollet label: name of the k8s Volume.
-pub const VOLUME_NAME_LABEL: &str = "volumepoollet.ironcore.dev/volume-name";
-/// Poollet label: namespace of the k8s VolumeSnapshot.
-pub const SNAPSHOT_NAMESPACE_LABEL: &str = "volumepoollet.ironcore.dev/volume-snapshot-namespace";
-/// Poollet label: name of the k8s VolumeSnapshot.
-pub const SNAPSHOT_NAME_LABEL: &str = "volumepoollet.ironcore.dev/volume-snapshot-name";
+pub use iri::labels::{
+    POOLLET_PREFIX, SNAPSHOT_NAMESPACE_LABEL, SNAPSHOT_NAME_LABEL, VOLUME_NAMESPACE_LABEL,
+    VOLUME_NAME_LABEL,
+};
 
 /// An object that cannot be shown through IRI.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

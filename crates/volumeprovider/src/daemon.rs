@@ -213,7 +213,7 @@ async fn open_ceph(args: &DaemonArgs) -> Result<Opened> {
         &args.ceph_user,
     )?;
     let key_file = KeyFile::write(&key)?;
-    let cfg = rbd::ceph::CephConfig {
+    let cfg = ceph::CephConfig {
         conf_file: None,
         monitors: Some(args.ceph_monitors.clone()),
         user: args.ceph_user.clone(),
@@ -222,10 +222,10 @@ async fn open_ceph(args: &DaemonArgs) -> Result<Opened> {
         pool: args.ceph_pool.clone(),
         connect_timeout: args.ceph_connect_timeout,
     };
-    let backend = rbd::ceph::CephBackend::connect(cfg)
+    let backend = ceph::CephBackend::connect(cfg)
         .await
         .map_err(|e| Error::Backend(format!("connecting to ceph ({}): {e}", args.ceph_monitors)))?;
-    let objects = rbd::ceph::OmapBackend::for_backend(&backend, args.omap_iterator_size)
+    let objects = ceph::OmapBackend::for_backend(&backend, args.omap_iterator_size)
         .map_err(|e| Error::Backend(format!("omap store: {e}")))?;
     Ok(Opened {
         block: Arc::new(backend),
@@ -243,14 +243,14 @@ async fn open_ceph(_args: &DaemonArgs) -> Result<Opened> {
 }
 
 fn image_source(args: &DaemonArgs) -> Result<Arc<dyn ImageSource>> {
-    let opts = crate::oci::OciOptions {
+    let opts = crate::image_source::OciOptions {
         plain_http: args.registry_insecure_hosts.clone(),
         insecure_skip_tls_verify: args.registry_skip_tls_verify,
         ca_certificates: args.registry_ca_file.clone(),
         docker_config: args.docker_config.clone(),
         ..Default::default()
     };
-    let source = crate::oci::OciImageSource::new(opts)
+    let source = crate::image_source::OciImageSource::new(opts)
         .map_err(|e| Error::Backend(format!("image source: {e}")))?;
     Ok(Arc::new(source))
 }

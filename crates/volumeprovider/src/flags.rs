@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use cli::{parse_duration, strip_unix_scheme};
+
 use crate::error::{Error, Result};
 
 /// Default unix socket path (the poollet's well-known provider socket).
@@ -367,14 +369,6 @@ impl DaemonArgs {
     }
 }
 
-/// Removes a leading `unix://` (so `unix:///run/x.sock` → `/run/x.sock`) or `unix:`.
-pub fn strip_unix_scheme(address: &str) -> &str {
-    address
-        .strip_prefix("unix://")
-        .or_else(|| address.strip_prefix("unix:"))
-        .unwrap_or(address)
-}
-
 fn is_host_port(s: &str) -> bool {
     match s.rsplit_once(':') {
         Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
@@ -390,66 +384,6 @@ pub fn parse_mode(s: &str) -> std::result::Result<u32, String> {
         return Err(format!("{s:?}: only permission bits (≤ 0777) are allowed"));
     }
     Ok(mode)
-}
-
-/// Parses a Go duration (`300ms`, `1.5s`, `5m`, `1h30m`; units ns, us/µs, ms, s, m, h). A bare `0`
-/// is zero.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if s.is_empty() {
-        return Err("empty duration".to_string());
-    }
-    let bad = || format!("invalid duration {s:?} (examples: 500ms, 10s, 5m, 1h30m)");
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if num_len == 0 {
-            return Err(bad());
-        }
-        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let factor = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += value * factor;
-        rest = &rest[unit_len..];
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| bad())
-}
-
-/// Formats a duration the way Go prints short ones (`1m0s` → `1m`, `90s` → `1m30s`).
-pub fn format_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs == 0 {
-        return format!("{}ms", d.as_millis());
-    }
-    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 || out.is_empty() {
-        out.push_str(&format!("{s}s"));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -543,20 +477,6 @@ mod tests {
         assert!(parse(&["--ceph-monitors=nohostport"]).validate().is_err());
         assert!(T::try_parse_from(["c", "--socket-mode=999"]).is_err());
         assert!(T::try_parse_from(["c", "--volume-event-ttl=5x"]).is_err());
-    }
-
-    #[test]
-    fn go_durations_parse() {
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("m").is_err());
-        assert!(parse_duration("5").is_err());
-        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
-        assert_eq!(format_duration(Duration::from_secs(60)), "1m");
     }
 
     #[test]

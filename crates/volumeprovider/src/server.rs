@@ -36,9 +36,9 @@ use crate::classes::VolumeClasses;
 use crate::convert::{self, SOURCE_VOLUME_ANNOTATION};
 use crate::events::{EventQuery, EventStore};
 use crate::metrics::Metrics;
-use crate::proto::cephvol::v1alpha1 as pb_progress;
-use crate::proto::volume_v1 as pb;
 use crate::validate::{self, DataSource};
+use iri::cephvol::v1alpha1 as pb_progress;
+use iri::volume_v1 as pb;
 
 /// `runtime_name` reported by Version (kept for a drop-in: it is part of k8s volume ids).
 pub const RUNTIME_NAME: &str = "ceph-provider";
@@ -111,7 +111,7 @@ async fn list_visible<T, P, E>(
     selector: &BTreeMap<String, String>,
     visible: impl Fn(&T) -> bool,
     to_iri: impl Fn(&T) -> Result<P, E>,
-    metadata: impl Fn(&P) -> Option<&crate::proto::meta_v1::ObjectMetadata>,
+    metadata: impl Fn(&P) -> Option<&iri::meta_v1::ObjectMetadata>,
 ) -> Result<Vec<P>, Status>
 where
     T: store::Object,

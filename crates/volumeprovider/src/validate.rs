@@ -12,7 +12,7 @@ use std::fmt::Display;
 use tonic::Status;
 
 use crate::classes::{VolumeClass, VolumeClasses};
-use crate::proto::volume_v1;
+use iri::volume_v1;
 
 /// Key of `spec.encryption.secret_data` holding the raw LUKS passphrase.
 pub const ENCRYPTION_KEY: &str = "encryptionKey";
@@ -296,7 +296,7 @@ mod tests {
     use tonic::Code;
 
     use super::*;
-    use crate::proto::meta_v1::ObjectMetadata;
+    use iri::meta_v1::ObjectMetadata;
 
     fn req(size: i64) -> volume_v1::CreateVolumeRequest {
         volume_v1::CreateVolumeRequest {

@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use controllers::events::{Event, EventType};
 use controllers::Kek;
+use iri::cephvol::v1alpha1 as pbp;
+use iri::cephvol::v1alpha1::progress_server::Progress as _;
+use iri::meta_v1::ObjectMetadata;
+use iri::volume_v1 as pb;
+use iri::volume_v1::volume_runtime_server::VolumeRuntime as _;
 use store::{keys, Image, ImageAccess, ImageState, ListOptions, Snapshot, SnapshotState, Store};
 use tonic::{Code, Request};
 use volumeprovider::classes::{VolumeClass, VolumeClasses};
 use volumeprovider::convert;
 use volumeprovider::events::EventStore;
-use volumeprovider::proto::cephvol::v1alpha1 as pbp;
-use volumeprovider::proto::cephvol::v1alpha1::progress_server::Progress as _;
-use volumeprovider::proto::meta_v1::ObjectMetadata;
-use volumeprovider::proto::volume_v1 as pb;
-use volumeprovider::proto::volume_v1::volume_runtime_server::VolumeRuntime as _;
 use volumeprovider::server::{ServerConfig, ServerParts, VolumeServer};
 
 const GIB: i64 = 1 << 30;
@@ -38,7 +38,7 @@ async fn harness_with(encryption_unsupported: Option<&str>) -> Harness {
     let snapshots = Store::<Snapshot>::open(objects)
         .await
         .expect("snapshot store");
-    let block = rbd::fake::MemoryBackend::new("pool");
+    let block = rbd_testkit::fake::MemoryBackend::new("pool");
     block.set_capacity(100 * GIB as u64);
     let events = Arc::new(EventStore::new(100, Duration::from_secs(300)));
     let classes = VolumeClasses::new(vec![

@@ -1,4 +1,4 @@
-//! `cargo xtask codegen`: regenerates `crates/rbd/src/ceph/sys.rs` from Debian's librbd/librados
+//! `cargo xtask codegen`: regenerates `crates/ceph/src/sys.rs` from Debian's librbd/librados
 //! headers with bindgen (libclang is loaded at run time, so building xtask does not need it).
 //!
 //! Only the functions named in [`FUNCTIONS`] (and the types they use, plus the constants of
@@ -13,7 +13,7 @@ use super::cluster::ensure_packages;
 use crate::util;
 
 /// Where the committed bindings live, relative to the workspace root.
-const OUTPUT: &str = "crates/rbd/src/ceph/sys.rs";
+const OUTPUT: &str = "crates/ceph/src/sys.rs";
 
 /// Every C function the safe layer calls.
 const FUNCTIONS: &[&str] = &[

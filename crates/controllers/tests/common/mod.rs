@@ -14,7 +14,7 @@ use controllers::events::MemoryEvents;
 use controllers::{
     ControllerConfig, Controllers, ImageSource, Kek, Probe, ResolvedImage, Rootfs, SourceError,
 };
-use rbd::fake::MemoryBackend;
+use rbd_testkit::fake::MemoryBackend;
 use runner::{Runner, RunnerConfig, ShutdownMode};
 use sha2::{Digest, Sha256};
 use store::{Image, ListOptions, Snapshot, Store};
