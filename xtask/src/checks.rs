@@ -1,179 +1,109 @@
-//! House checks, run as ordinary tests (`cargo test -p xtask`, part of `cargo xtask test`).
+//! House checks: invariants no compiler checks, run as ordinary tests (`cargo test -p xtask`, part
+//! of `cargo xtask test`). This module and its children are compiled for tests only.
 //!
-//! They guard invariants that no compiler checks: every crate documents itself, no debugging
-//! leftovers, and only `crates/ceph` links Ceph or uses `unsafe`.
+//! Which crates exist is read from `cargo metadata` ([`crate::workspace`]), never listed here; the
+//! checks name crates only where the invariant itself is about a named crate (`ceph`, `runner`, ...).
+//! Each check collects every offender before failing, so one run lists all that needs fixing.
+//!
+//! * [`sources`]: every Rust file documents itself (`//!`), no debugging leftovers, only the `ceph`
+//!   crate writes `unsafe` or links librbd/librados and each of its `unsafe` blocks says why it is
+//!   sound, no source file over [`sources::MAX_LINES`] lines without a `// size: <reason>` comment.
+//! * [`manifests`]: every member but `ceph` inherits the workspace lints (`unsafe_code = "forbid"`);
+//!   `ceph` keeps them all except that one.
+//! * [`graph`]: crate boundaries in the dependency graph (normal dependencies; dev-dependencies are
+//!   free), e.g. the crates below the daemon never pull in `ceph`, the reconcilers or a gRPC server.
+//! * [`docs`]: README's first screen shows the run and test commands; ARCHITECTURE.md's crate table
+//!   names every member and each of its invariants names the test that enforces it.
+//!
+//! Unused dependencies are not checked here but by `cargo machete` in `cargo xtask test`
+//! (`crate::test`): it is maintained, knows the corner cases (renamed crates, macros), and
+//! installing it needs the network, which a unit test must not.
+//!
+//! The source checks read files as text line by line rather than parsing Rust: the compiler and
+//! clippy enforce the same rules where they can (`forbid(unsafe_code)`, `dbg_macro`, `todo`,
+//! `undocumented_unsafe_blocks`), and these scans catch what lints cannot (a lint table changed, a
+//! `#[link]` attribute, a file grown too long) or say it with the whole list at once.
 
-#[cfg(test)]
-mod tests {
-    use std::fs;
-    use std::path::{Path, PathBuf};
+mod docs;
+mod graph;
+mod manifests;
+mod sources;
 
-    use crate::util::root;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-    /// Every `.rs` file under `dir`, skipping `target`.
-    fn rust_files(dir: &Path) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&d) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    if p.file_name().is_some_and(|n| n == "target" || n == ".git") {
-                        continue;
-                    }
+use crate::util::root;
+use crate::workspace::{Member, Workspace};
+
+/// The workspace, read once per test binary.
+fn workspace() -> &'static Workspace {
+    static WS: OnceLock<Workspace> = OnceLock::new();
+    WS.get_or_init(|| Workspace::load(&root()).expect("cargo metadata describes the workspace"))
+}
+
+/// The member called `name`; the invariant being checked is about it, so it must exist.
+fn member(name: &str) -> &'static Member {
+    workspace()
+        .member(name)
+        .unwrap_or_else(|| panic!("the workspace has no member `{name}` (cargo metadata)"))
+}
+
+/// Every `.rs` file under `dir`, skipping target and hidden directories, and with
+/// `skip_nested_packages` the packages nested below `dir` (directories with their own `Cargo.toml`).
+fn rust_files(dir: &Path, skip_nested_packages: bool) -> Vec<PathBuf> {
+    let ws = workspace();
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if p.is_dir() {
+                let skip = name == "target"
+                    || name.starts_with('.')
+                    || p == ws.target_dir
+                    || (skip_nested_packages && p.join("Cargo.toml").exists());
+                if !skip {
                     stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "rs") {
-                    out.push(p);
                 }
-            }
-        }
-        out.sort();
-        out
-    }
-
-    fn members() -> Vec<PathBuf> {
-        let r = root();
-        let mut v: Vec<PathBuf> = fs::read_dir(r.join("crates"))
-            .expect("crates/ is readable")
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.join("Cargo.toml").exists())
-            .collect();
-        v.sort();
-        v.push(r.join("xtask"));
-        v.push(r.join("tests"));
-        v
-    }
-
-    #[test]
-    fn every_crate_root_has_a_crate_doc() {
-        for m in members() {
-            let lib = m.join("src/lib.rs");
-            let main = m.join("src/main.rs");
-            let file = if lib.exists() { lib } else { main };
-            let text = fs::read_to_string(&file).expect("crate root is readable");
-            assert!(
-                text.trim_start().starts_with("//!"),
-                "{} must start with a crate doc (//!)",
-                file.display()
-            );
-        }
-    }
-
-    #[test]
-    fn no_debugging_leftovers_in_sources() {
-        let banned = [
-            concat!("db", "g!("),
-            concat!("to", "do!("),
-            concat!("unimpl", "emented!("),
-        ];
-        for m in members() {
-            for f in rust_files(&m) {
-                let text = fs::read_to_string(&f).expect("source is readable");
-                for b in banned {
-                    assert!(!text.contains(b), "{} contains {b}", f.display());
-                }
+            } else if name.ends_with(".rs") {
+                out.push(p);
             }
         }
     }
+    out.sort();
+    out
+}
 
-    #[test]
-    fn only_the_ceph_crate_uses_unsafe_or_links_ceph() {
-        let rbd = root().join("crates/ceph");
-        let needles = [
-            concat!("unsafe", " {"),
-            concat!("unsafe", " fn"),
-            concat!("unsafe", " impl"),
-            concat!("extern", " \"C\""),
-            concat!("rustc-link-lib=", "rbd"),
-            concat!("rustc-link-lib=", "rados"),
-            concat!("name = \"", "rbd\""),
-            concat!("name = \"", "rados\""),
-        ];
-        for m in members() {
-            if m == rbd {
-                continue;
-            }
-            for f in rust_files(&m) {
-                let text = fs::read_to_string(&f).expect("source is readable");
-                for n in needles {
-                    assert!(
-                        !text.contains(n),
-                        "{} contains `{n}`: only crates/ceph may",
-                        f.display()
-                    );
-                }
-            }
-        }
-        let ws = fs::read_to_string(root().join("Cargo.toml")).expect("workspace manifest");
-        assert!(
-            ws.contains("unsafe_code = \"forbid\""),
-            "workspace lints must forbid unsafe code"
-        );
-    }
+/// Every `.rs` file of a member (its sources, tests, benches, examples, build script).
+fn member_files(m: &Member) -> Vec<PathBuf> {
+    rust_files(&m.dir, true)
+}
 
-    #[test]
-    fn every_unsafe_block_in_ceph_has_a_safety_comment() {
-        for f in rust_files(&root().join("crates/ceph/src")) {
-            // Generated bindings carry no hand-written unsafe blocks worth a comment.
-            if f.file_name().is_some_and(|n| n == "sys.rs") {
-                continue;
-            }
-            let text = fs::read_to_string(&f).expect("source is readable");
-            let lines: Vec<&str> = text.lines().collect();
-            for (i, line) in lines.iter().enumerate() {
-                let t = line.trim_start();
-                if t.starts_with("//") || !line.contains(concat!("unsafe", " {")) {
-                    continue;
-                }
-                let window = &lines[i.saturating_sub(6)..=i];
-                assert!(
-                    window.iter().any(|l| l.contains("SAFETY:")),
-                    "{}:{} has an unsafe block without a // SAFETY: comment above it",
-                    f.display(),
-                    i + 1
-                );
-            }
-        }
-    }
+/// `path` relative to the workspace root, for messages.
+fn rel(path: &Path) -> String {
+    path.strip_prefix(&workspace().root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
 
-    #[test]
-    fn architecture_doc_names_every_crate() {
-        let text =
-            fs::read_to_string(root().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md exists");
-        for c in [
-            "runner",
-            "store",
-            "rbd",
-            "controllers",
-            "volumeprovider",
-            "xtask",
-            "tests",
-        ] {
-            assert!(text.contains(c), "ARCHITECTURE.md does not mention {c}");
-        }
-        assert!(text.contains("only crates/ceph links librbd/librados or uses unsafe"));
-    }
+/// The text of a file the check needs.
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
 
-    #[test]
-    fn readme_starts_with_the_run_and_test_commands() {
-        let text = fs::read_to_string(root().join("README.md")).expect("README.md exists");
-        let head: String = text.lines().take(40).collect::<Vec<_>>().join("\n");
-        assert!(
-            head.contains("cargo run"),
-            "README must show how to run the provider near the top"
-        );
-        assert!(
-            head.contains("cargo xtask test"),
-            "README must show the test command near the top"
-        );
-        let ci = fs::read_to_string(root().join(".ci/run")).expect(".ci/run exists");
-        assert!(
-            ci.contains("cargo xtask test"),
-            ".ci/run must call the README's test command"
-        );
-    }
+/// Fails with every offender, one a line, under `what`.
+fn assert_no_offenders(what: &str, offenders: &[String]) {
+    assert!(
+        offenders.is_empty(),
+        "{what} ({} offender(s)):\n  {}",
+        offenders.len(),
+        offenders.join("\n  ")
+    );
 }

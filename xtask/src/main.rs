@@ -11,9 +11,18 @@ use anyhow::{bail, Result};
 
 mod bench;
 mod ceph;
+#[cfg(test)]
 mod checks;
 mod test;
 mod util;
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the house checks (tests only) read more of the workspace than the commands"
+    )
+)]
+mod workspace;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
