@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's own tasks.
 //!
-//! * `test [--long]`: fmt check, clippy with warnings denied, all workspace tests (property tests at
-//!   1,000 cases; `--long` raises that).
+//! * `test [--long]`: fmt check, unused dependencies (`cargo machete`), clippy with warnings denied
+//!   (default features, then every `ceph` feature), all workspace tests (property tests at 1,000
+//!   cases; `--long` raises that), then the number of tests that ran. The house checks are tests of
+//!   this crate (`checks`).
 //! * `ceph up|down|status|env`: a real single-node Ceph cluster under `target/ceph`.
 //! * `integration`: the scenario suite against that cluster.
 //! * `bench [NAME] [--quick] [--json PATH]`: benchmarks printing ours vs reference ratios.
