@@ -275,7 +275,7 @@ pub async fn serve(args: DaemonArgs) -> Result<()> {
     // Backend-specific preparation (nothing is started yet).
     let data_dir = args.data_dir();
     let mut lock = None;
-    let kek = match args.backend {
+    let kek = match args.backend_kind() {
         BackendKind::Local => {
             ensure_dir(&data_dir)?;
             lock = Some(lock_data_dir(&data_dir)?);
@@ -331,7 +331,7 @@ async fn run(
         None => None,
     };
 
-    let opened = match args.backend {
+    let opened = match args.backend_kind() {
         BackendKind::Local => open_local(&args, &args.data_dir())?,
         BackendKind::Ceph => open_ceph(&args).await?,
     };
@@ -393,7 +393,7 @@ async fn run(
         config: ServerConfig {
             classes: classes.clone(),
             kek: Some(kek),
-            encryption_unsupported: (args.backend == BackendKind::Local)
+            encryption_unsupported: (args.backend_kind() == BackendKind::Local)
                 .then(|| LOCAL_ENCRYPTION.to_string()),
             burst_factor: args.limits_burst_factor,
             burst_duration: args.limits_burst_duration,
@@ -406,7 +406,7 @@ async fn run(
         classes = %classes.names(),
         "serving IRI VolumeRuntime on {} with the {} backend, {}",
         bound.path.display(),
-        args.backend.as_str(),
+        args.backend_kind().as_str(),
         opened.where_
     );
 

@@ -8,8 +8,17 @@
 //! flags (accepted for drop-in compatibility and mapped to our logging where it makes sense).
 //!
 //! Differences from Go, on purpose: `--worker-size 1` is accepted (any value ≥ 1; Go rejected 1 by
-//! mistake, SPEC §9.8); `--ceph-*` flags are required only with `--backend ceph`; durations use Go's
-//! syntax (`90s`, `5m`, `1h30m`).
+//! mistake); `--ceph-*` flags are required only with the Ceph backend; durations use Go's syntax
+//! (`90s`, `5m`, `1h30m`).
+//!
+//! # Backend selection (never silently on local files)
+//! `--backend` picks the backend. Without it, the Go provider's command line (Ceph connection
+//! flags: `--ceph-monitors`, `--ceph-pool`, `--ceph-user`, `--ceph-key-file`,
+//! `--ceph-keyring-file`) selects the Ceph backend, and a command line without any of them
+//! selects the embedded local backend. `--backend local` together with a Ceph connection flag
+//! is refused, and so is the Ceph backend in a build without the `ceph` feature (the message
+//! says how to get one). `--ceph-client` and `--ceph-kek-path` select nothing: both mean
+//! something on the local backend too (access data, passphrase key).
 //!
 //! Ours: `--backend local|ceph`, `--data-dir`, `--metrics-address`, `--log-format`, `--log-level`,
 //! `--socket-mode`, `--populate-queue-depth`, `--registry-insecure-hosts` (alias
@@ -146,9 +155,11 @@ pub struct DaemonArgs {
     #[arg(long, default_value_t = 10)]
     pub async_max_workers: usize,
 
-    /// Block backend and store: `local` (files under --data-dir) or `ceph`.
-    #[arg(long, value_enum, default_value_t = BackendKind::Local)]
-    pub backend: BackendKind,
+    /// Block backend and store: `local` (files under --data-dir) or `ceph`. Without this flag,
+    /// any Ceph connection flag (--ceph-monitors, --ceph-pool, --ceph-user, --ceph-key-file,
+    /// --ceph-keyring-file) selects `ceph`, and no such flag selects `local`.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
 
     /// Where the local backend keeps images, objects and its generated KEK
     /// (default: $CEPHVOL_DATA_DIR, else $XDG_DATA_HOME/cephvol, else ./cephvol-data).
@@ -256,30 +267,84 @@ impl DaemonArgs {
                 return Err(flag("--ceph-monitors", "each monitor must be host:port"));
             }
         }
-        if self.backend == BackendKind::Ceph {
+        let connection = self.ceph_connection_flags();
+        if self.backend == Some(BackendKind::Local) && !connection.is_empty() {
+            return Err(Error::Flag {
+                flag: "--backend",
+                reason: format!(
+                    "local cannot be combined with Ceph connection flags ({}): they would be \
+                     ignored and volumes written to local files; drop them or use --backend ceph",
+                    connection.join(", ")
+                ),
+            });
+        }
+        if self.backend_kind() == BackendKind::Ceph {
             if self.ceph_monitors.is_empty() {
-                return Err(flag("--ceph-monitors", "required with --backend ceph"));
+                return Err(flag("--ceph-monitors", "required with the ceph backend"));
             }
             if self.ceph_pool.is_empty() {
-                return Err(flag("--ceph-pool", "required with --backend ceph"));
+                return Err(flag("--ceph-pool", "required with the ceph backend"));
             }
             if self.ceph_client.is_empty() {
-                return Err(flag("--ceph-client", "required with --backend ceph"));
+                return Err(flag("--ceph-client", "required with the ceph backend"));
             }
             if self.ceph_user.is_empty() {
-                return Err(flag("--ceph-user", "required with --backend ceph"));
+                return Err(flag("--ceph-user", "required with the ceph backend"));
             }
             if self.ceph_key_file.is_none() && self.ceph_keyring_file.is_none() {
                 return Err(flag(
                     "--ceph-key-file/--ceph-keyring-file",
-                    "one is required with --backend ceph",
+                    "one is required with the ceph backend",
                 ));
             }
             if self.ceph_kek_path.is_none() {
-                return Err(flag("--ceph-kek-path", "required with --backend ceph"));
+                return Err(flag("--ceph-kek-path", "required with the ceph backend"));
             }
         }
+        if self.backend_kind() == BackendKind::Ceph && !cfg!(feature = "ceph") {
+            return Err(Error::Unsupported(format!(
+                "the Ceph backend is selected ({}) but this cephvol was built without it: build \
+                 it with `cargo build --release -p volumeprovider --features ceph` (needs Debian's \
+                 librbd-dev and librados-dev) or use a release built that way",
+                if self.backend.is_some() {
+                    "--backend ceph".to_string()
+                } else {
+                    connection.join(", ")
+                }
+            )));
+        }
         Ok(())
+    }
+
+    /// The backend to run: `--backend` if given, else `ceph` when any Ceph connection flag is
+    /// set (the Go provider's command line has no `--backend`), else `local`.
+    pub fn backend_kind(&self) -> BackendKind {
+        match self.backend {
+            Some(kind) => kind,
+            None if !self.ceph_connection_flags().is_empty() => BackendKind::Ceph,
+            None => BackendKind::Local,
+        }
+    }
+
+    /// The Ceph connection flags that are set.
+    fn ceph_connection_flags(&self) -> Vec<&'static str> {
+        let mut set = Vec::new();
+        if !self.ceph_monitors.is_empty() {
+            set.push("--ceph-monitors");
+        }
+        if !self.ceph_pool.is_empty() {
+            set.push("--ceph-pool");
+        }
+        if !self.ceph_user.is_empty() {
+            set.push("--ceph-user");
+        }
+        if self.ceph_key_file.is_some() {
+            set.push("--ceph-key-file");
+        }
+        if self.ceph_keyring_file.is_some() {
+            set.push("--ceph-keyring-file");
+        }
+        set
     }
 
     /// The socket path (`unix://` prefix removed).
@@ -418,7 +483,8 @@ mod tests {
         assert_eq!(d.volume_event_ttl, Duration::from_secs(300));
         assert_eq!(d.volume_event_resync_interval, Duration::from_secs(60));
         assert_eq!(d.async_max_workers, 10);
-        assert_eq!(d.backend, BackendKind::Local);
+        assert_eq!(d.backend, None);
+        assert_eq!(d.backend_kind(), BackendKind::Local);
         assert_eq!(d.socket_mode, 0o600);
         assert_eq!(d.populate_queue_depth, 4);
         assert_eq!(d.log_format, LogFormat::Text);
@@ -430,7 +496,6 @@ mod tests {
     fn go_style_flags_parse() {
         let d = parse(&[
             "--address=unix:///tmp/x.sock",
-            "--ceph-monitors=mon1:6789,mon2:6789",
             "--volume-event-ttl=2s",
             "--volume-event-max-events=-1",
             "--worker-size=1",
@@ -467,6 +532,77 @@ mod tests {
         .validate()
         .expect_err("must fail");
         assert!(e.to_string().contains("--ceph-kek-path"), "{e}");
+    }
+
+    fn full_ceph_flags() -> Vec<&'static str> {
+        vec![
+            "--ceph-monitors=m:1",
+            "--ceph-pool=p",
+            "--ceph-client=client.x",
+            "--ceph-user=x",
+            "--ceph-key-file=/k",
+            "--ceph-kek-path=/kek",
+        ]
+    }
+
+    #[test]
+    fn the_go_command_line_without_backend_selects_ceph() {
+        assert_eq!(parse(&full_ceph_flags()).backend_kind(), BackendKind::Ceph);
+        for one in [
+            "--ceph-monitors=m:1",
+            "--ceph-pool=p",
+            "--ceph-user=x",
+            "--ceph-key-file=/k",
+            "--ceph-keyring-file=/k",
+        ] {
+            assert_eq!(parse(&[one]).backend_kind(), BackendKind::Ceph, "{one}");
+        }
+        // Not connection flags: they mean something on the local backend too.
+        assert_eq!(
+            parse(&["--ceph-client=client.x", "--ceph-kek-path=/kek"]).backend_kind(),
+            BackendKind::Local
+        );
+        assert_eq!(parse(&[]).backend_kind(), BackendKind::Local);
+        let go = parse(&["--ceph-monitors=mon1:6789,mon2:6789"]);
+        assert_eq!(go.monitors(), "mon1:6789,mon2:6789");
+    }
+
+    #[test]
+    fn local_backend_with_ceph_connection_flags_is_refused() {
+        let mut args = full_ceph_flags();
+        args.push("--backend=local");
+        let e = parse(&args).validate().expect_err("must fail");
+        assert!(
+            matches!(
+                e,
+                Error::Flag {
+                    flag: "--backend",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--ceph-monitors"), "{e}");
+        let e = parse(&["--backend=local", "--ceph-pool=p"])
+            .validate()
+            .expect_err("must fail");
+        assert!(e.to_string().contains("--ceph-pool"), "{e}");
+        assert!(parse(&["--backend=local", "--ceph-client=client.x"])
+            .validate()
+            .is_ok());
+    }
+
+    #[test]
+    fn the_ceph_backend_in_a_build_without_it_refuses_to_start_and_says_how_to_get_one() {
+        let result = parse(&full_ceph_flags()).validate();
+        if cfg!(feature = "ceph") {
+            assert!(result.is_ok(), "{result:?}");
+        } else {
+            let e = result.expect_err("must refuse");
+            assert!(matches!(e, Error::Unsupported(_)), "{e}");
+            assert!(e.to_string().contains("--features ceph"), "{e}");
+            assert!(e.to_string().contains("--ceph-monitors"), "{e}");
+        }
     }
 
     #[test]
