@@ -64,7 +64,8 @@
 //! * [`image`]: the image reconciler (its state table is in the module docs).
 //! * [`snapshot`]: the snapshot reconciler (its state table is in the module docs).
 //! * [`events`]: the events recorded about objects.
-//! * `source`, `util`: the image-source seam and pure helpers.
+//! * `source`, `kek`, `sizing`: the image-source seam, the key-encryption key of passphrases,
+//!   size rounding and QoS limits.
 //!
 //! # Store labels used by the controllers
 //! * [`INTERNAL_LABEL`] `= "rehome"` marks the internal images made when a volume with snapshots is
@@ -83,19 +84,21 @@ use tokio_util::sync::CancellationToken;
 mod ctx;
 pub mod events;
 pub mod image;
+mod kek;
 pub mod queue;
+mod sizing;
 pub mod snapshot;
 mod source;
-mod util;
 mod wiring;
 
 #[cfg(test)]
 mod tests;
 
 pub use events::{Event, EventRecorder, EventType};
+pub use kek::{Kek, KekError};
 pub use queue::{QueueConfig, WorkQueue};
+pub use sizing::{limits_for_class, round_size};
 pub use source::*;
-pub use util::*;
 
 /// Label that marks internal objects the volume server must not list; value [`INTERNAL_REHOME`]
 /// for re-homed snapshot images.
