@@ -352,7 +352,10 @@ async fn a_volume_for_an_architecture_the_index_lacks_ends_in_error_with_a_no_pl
     assert_eq!(vol.status.state, ImageState::Error);
     assert!(!p
         .events
-        .with_reason(&vol.metadata.id, "NoPlatformMatch")
+        .with_reason(
+            &vol.metadata.id,
+            controllers::events::reason::NO_PLATFORM_MATCH
+        )
         .is_empty());
     assert!(p
         .snapshots

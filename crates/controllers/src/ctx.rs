@@ -1,5 +1,5 @@
 //! What both reconcilers share: stores, backend, runner, queues, configuration, the long-operation
-//! submission protocol, progress persistence and small store helpers.
+//! submission protocol and small store helpers (status writes are in `status.rs`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -7,10 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use rbd::{BlockBackend, CancellationToken, ProgressFn, RbdError};
 use runner::{OpContext, OpError, Runner, SubmitError, Submitted};
-use store::{Image, Object, Progress, Snapshot, Store, StoreError};
+use store::{Image, Object, Snapshot, Store, StoreError};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -262,36 +261,6 @@ impl Ctx {
             .strip_prefix("client.")
             .unwrap_or(&self.cfg.client)
             .to_string()
-    }
-
-    pub async fn persist_image_progress(&self, id: &str, done: u64, total: u64) {
-        let res = modify(&self.images, id, |img: &mut Image| {
-            img.status.progress = Some(Progress {
-                done,
-                total,
-                updated_at: Utc::now(),
-            });
-            true
-        })
-        .await;
-        if let Err(e) = res {
-            debug!(id, error = %e, "progress not recorded");
-        }
-    }
-
-    pub async fn persist_snapshot_progress(&self, id: &str, done: u64, total: u64) {
-        let res = modify(&self.snapshots, id, |s: &mut Snapshot| {
-            s.status.progress = Some(Progress {
-                done,
-                total,
-                updated_at: Utc::now(),
-            });
-            true
-        })
-        .await;
-        if let Err(e) = res {
-            debug!(id, error = %e, "progress not recorded");
-        }
     }
 }
 

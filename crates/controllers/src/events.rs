@@ -1,9 +1,81 @@
-//! Events recorded by the reconcilers about the objects they work on (SPEC §4.4). The provider keeps
-//! them for IRI `ListEvents`; tests collect them. Owns only the event type and the recorder seam.
+//! Events recorded by the reconcilers about the objects they work on. The provider keeps them for
+//! IRI `ListEvents`; tests collect them. Owns the event type, the recorder seam and the one set of
+//! event reasons ([`reason`]) and actions ([`action`]) the reconcilers record: match on these
+//! constants, never on a repeated string literal.
 
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+
+/// The CamelCase reasons of the recorded events (what happened).
+pub mod reason {
+    /// An OS image reference could not be resolved (not found, malformed, …).
+    pub const RESOLVE_IMAGE_FAILED: &str = "ResolveImageFailed";
+    /// The OS image index has no manifest for the requested architecture.
+    pub const NO_PLATFORM_MATCH: &str = "NoPlatformMatch";
+    /// The Snapshot object of an OS image was created (or already existed).
+    pub const CREATE_IMAGE_SNAPSHOT_SUCCEEDED: &str = "CreateImageSnapshotSucceeded";
+    /// The Snapshot object of an OS image could not be created.
+    pub const CREATE_IMAGE_SNAPSHOT_FAILED: &str = "CreateImageSnapshotFailed";
+    /// An empty volume image was created.
+    pub const EMPTY_IMAGE_CREATION_SUCCEEDED: &str = "EmptyImageCreationSucceeded";
+    /// An empty volume image could not be created.
+    pub const EMPTY_IMAGE_CREATION_FAILED: &str = "EmptyImageCreationFailed";
+    /// The snapshot a volume is restored from does not exist.
+    pub const SNAPSHOT_NOT_FOUND: &str = "SnapshotNotFound";
+    /// A snapshot failed (its own reconciler), or a restore found its snapshot failed or gone.
+    pub const SNAPSHOT_FAILED: &str = "SnapshotFailed";
+    /// The volume is too small for the snapshot it is restored from.
+    pub const IMAGE_SIZE_IS_SMALLER_THAN_SNAPSHOT_SIZE: &str = "ImageSizeIsSmallerThanSnapshotSize";
+    /// A volume was restored from its snapshot (clone or encrypted copy).
+    pub const CREATE_IMAGE_FROM_SNAPSHOT_SUCCEEDED: &str = "CreateImageFromSnapshotSucceeded";
+    /// A volume could not be restored from its snapshot.
+    pub const CREATE_IMAGE_FROM_SNAPSHOT_FAILED: &str = "CreateImageFromSnapshotFailed";
+    /// A volume restored from an OS image snapshot has the OS image's data.
+    pub const IMAGE_PULL_SUCCEEDED: &str = "ImagePullSucceeded";
+    /// The LUKS2 header of an encrypted volume was written.
+    pub const CONFIGURE_ENCRYPTION_SUCCEEDED: &str = "ConfigureEncryptionSucceeded";
+    /// The encryption of a volume could not be set up (no KEK, bad passphrase, format failed, …).
+    pub const CONFIGURE_ENCRYPTION_FAILED: &str = "ConfigureEncryptionFailed";
+    /// The QoS limits of a volume were written to its image metadata.
+    pub const SET_IMAGE_LIMITS_SUCCEEDED: &str = "SetImageLimitsSucceeded";
+    /// A QoS limit of a volume could not be written.
+    pub const SET_IMAGE_LIMIT_FAILED: &str = "SetImageLimitFailed";
+    /// A volume was grown to its requested size.
+    pub const UPDATED_IMAGE_SIZE_SUCCEEDED: &str = "UpdatedImageSizeSucceeded";
+    /// A volume could not be resized (backend failure, or a refused shrink).
+    pub const UPDATE_IMAGE_SIZE_FAILED: &str = "UpdateImageSizeFailed";
+    /// The rbd image of an `Available` volume is gone.
+    pub const IMAGE_VANISHED: &str = "ImageVanished";
+    /// A volume and its rbd image were deleted.
+    pub const IMAGE_DELETION_SUCCEEDED: &str = "ImageDeletionSucceeded";
+}
+
+/// The CamelCase actions of the recorded events (what the reconciler was doing).
+pub mod action {
+    /// Resolving an OS image reference to a platform manifest digest.
+    pub const RESOLVE_IMAGE: &str = "ResolveImage";
+    /// Creating the Snapshot object of an OS image.
+    pub const CREATE_IMAGE_SNAPSHOT: &str = "CreateImageSnapshot";
+    /// Creating an empty volume image.
+    pub const CREATE_IMAGE: &str = "CreateImage";
+    /// Restoring a volume from a snapshot.
+    pub const CREATE_IMAGE_FROM_SNAPSHOT: &str = "CreateImageFromSnapshot";
+    /// Providing a volume with an OS image's data.
+    pub const PULL_IMAGE: &str = "PullImage";
+    /// Setting up the encryption of a volume.
+    pub const CONFIGURE_ENCRYPTION: &str = "ConfigureEncryption";
+    /// Writing the QoS limits of a volume.
+    pub const SET_IMAGE_LIMITS: &str = "SetImageLimits";
+    /// Resizing a volume.
+    pub const RESIZE_IMAGE: &str = "ResizeImage";
+    /// Keeping a provisioned volume provisioned.
+    pub const PROVISION_IMAGE: &str = "ProvisionImage";
+    /// Deleting a volume.
+    pub const DELETE_IMAGE: &str = "DeleteImage";
+    /// Creating a snapshot.
+    pub const CREATE_SNAPSHOT: &str = "CreateSnapshot";
+}
 
 /// Kind of an [`Event`] (Kubernetes event types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

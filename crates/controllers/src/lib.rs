@@ -1,4 +1,4 @@
-//! Image and snapshot reconcilers (issue 4): they turn stored [`store::Image`] and
+//! Image and snapshot reconcilers: they turn stored [`store::Image`] and
 //! [`store::Snapshot`] objects into RBD images through [`rbd::BlockBackend`], running the long
 //! steps (OS-image populate, encrypted restore copy, child flattening) on the [`runner::Runner`].
 //!
@@ -11,7 +11,7 @@
 //! controllers.run(shutdown_token).await?;
 //! ```
 //! [`Controllers::run`] first subscribes to runner completions and opens both store watches, then
-//! lists both stores and enqueues every object (no startup event can be lost, SPEC §6.6), then
+//! lists both stores and enqueues every object (no startup event can be lost), then
 //! starts `worker_size` workers per reconciler, the watch feeders, the completion router and the
 //! periodic resync. It returns when `shutdown` is cancelled and every worker has finished its
 //! current pass. It does not shut the runner down: the caller owns the runner and decides whether
@@ -42,10 +42,10 @@
 //!   `stall_timeout`. Deleting an object cancels its populate or fill and waits for the
 //!   completion before cleaning up; the operation removes its partial image itself.
 //! * **Benchmark baseline**: `sync_long_ops` runs the same operations inline on the reconcile
-//!   worker (the Go design before PR #876). Reference for benchmarks only.
+//!   worker, as the Go provider originally did. Reference for benchmarks only.
 //! * **Encryption**: an encrypted volume created empty gets a LUKS2 header once. A restore of a
 //!   snapshot of an encrypted volume is a clone that inherits the header (marked in
-//!   `status.encryption` before the clone exists, so it is never formatted again, §9.19). An
+//!   `status.encryption` before the clone exists, so it is never formatted again). An
 //!   encrypted restore of plain data (an OS image or a plain volume's snapshot) cannot be a
 //!   clone on Ceph Pacific: the image is created empty, LUKS2-formatted and filled with the
 //!   snapshot's data through the encryption layer (state `Filling`); it must be at least
@@ -53,24 +53,32 @@
 //! * **Snapshots of restores**: a restore that is still a clone of a volume snapshot is flattened
 //!   before it is snapshotted, because a clone's own snapshots keep its parent snapshot busy for
 //!   good (no flatten detaches them) and the parent volume could never be deleted.
-//! * **Orphan rbd snapshots** (§9.21): when a volume is deleted, rbd snapshots on it without a
+//! * **Orphan rbd snapshots**: when a volume is deleted, rbd snapshots on it without a
 //!   live Snapshot object (no record, record deleted or `Failed`) cannot be referenced by anyone;
 //!   their children are flattened and they are removed, so deletion never blocks on them.
 //! * **OS-image snapshots** are kept after their volumes are gone (a cache for the next volume of
 //!   the same digest; not garbage-collected).
 //!
 //! # Modules
+//! Each reconciler depends only on the shared modules, never on the other reconciler.
 //! * [`queue`]: the client-go style work queue (dedup, one worker per key, backoff, rate limit).
-//! * [`image`]: the image reconciler (its state table is in the module docs).
+//! * [`image`]: the image reconciler, one file per phase (its state table is in the module docs).
 //! * [`snapshot`]: the snapshot reconciler (its state table is in the module docs).
-//! * [`events`]: the events recorded about objects.
-//! * `source`, `util`: the image-source seam and pure helpers.
+//! * [`events`]: the events recorded about objects, with the one set of reasons and actions.
+//! * Shared by both reconcilers: `ctx` (stores, backend, runner, the long-operation protocol),
+//!   `locate` (rbd names, runner keys, where a snapshot's data lives), `status` (progress,
+//!   image `Error`, snapshot `Failed`), `flatten` (flattening clones on the runner).
+//! * `wiring`: feeding and running the reconcilers.
+//! * `source`, `kek`, `sizing`: the image-source seam, the key-encryption key of passphrases,
+//!   size rounding and QoS limits.
 //!
 //! # Store labels used by the controllers
-//! * [`INTERNAL_LABEL`] `= "rehome"` marks the internal images made when a volume with snapshots is
-//!   deleted (each of its snapshots is re-homed onto a standalone image whose id is the snapshot
-//!   id). They carry no manager label, so the volume server never lists them (IRI.md §1.6
-//!   pitfall 4), and [`REHOME_OF_LABEL`] names the volume they were made for.
+//! The keys are defined in [`store::keys`].
+//! * [`store::keys::INTERNAL_LABEL`] `= "rehome"` marks the internal images made when a volume
+//!   with snapshots is deleted (each of its snapshots is re-homed onto a standalone image whose id
+//!   is the snapshot id). They carry no manager label, and the volume server lists only objects
+//!   with the manager label, so it never lists them; [`store::keys::REHOME_OF_LABEL`] names the
+//!   volume they were made for.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,50 +90,28 @@ use tokio_util::sync::CancellationToken;
 
 mod ctx;
 pub mod events;
+mod flatten;
 pub mod image;
+mod kek;
+mod locate;
 pub mod queue;
+mod sizing;
 pub mod snapshot;
 mod source;
-mod util;
+mod status;
 mod wiring;
 
 #[cfg(test)]
 mod tests;
 
 pub use events::{Event, EventRecorder, EventType};
+pub use kek::{Kek, KekError};
+pub use locate::{
+    image_key, os_image_name, snapshot_key, source_details, volume_image_name, OS_SNAPSHOT_NAME,
+};
 pub use queue::{QueueConfig, WorkQueue};
+pub use sizing::{limits_for_class, round_size};
 pub use source::*;
-pub use util::*;
-
-/// Label that marks internal objects the volume server must not list; value [`INTERNAL_REHOME`]
-/// for re-homed snapshot images.
-pub const INTERNAL_LABEL: &str = "ceph-provider.ironcore.dev/internal";
-/// Value of [`INTERNAL_LABEL`] on an image that holds a re-homed volume snapshot.
-pub const INTERNAL_REHOME: &str = "rehome";
-/// Label on a re-homed snapshot image: id of the deleted volume it was made for.
-pub const REHOME_OF_LABEL: &str = "ceph-provider.ironcore.dev/rehome-of";
-/// Name of the rbd snapshot on an OS-image base image (`snap_<digest>@v1`).
-pub const OS_SNAPSHOT_NAME: &str = "v1";
-
-/// Runner key of an image's long operation (flatten children, encrypted fill).
-pub fn image_key(id: &str) -> String {
-    format!("image:{id}")
-}
-
-/// Runner key of a snapshot's long operation (populate, flatten).
-pub fn snapshot_key(id: &str) -> String {
-    format!("snapshot:{id}")
-}
-
-/// RBD image name of a volume.
-pub fn volume_image_name(id: &str) -> String {
-    format!("img_{id}")
-}
-
-/// RBD image name of an OS-image snapshot's base image.
-pub fn os_image_name(snapshot_id: &str) -> String {
-    format!("snap_{snapshot_id}")
-}
 
 /// Errors of the controllers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -194,7 +180,7 @@ pub struct ControllerConfig {
     /// A long operation whose progress has not moved for this long is cancelled and retried
     /// (default 15 min; `None` disables the watchdog).
     pub stall_timeout: Option<Duration>,
-    /// **Reference baseline for benchmarks only (the Go design before PR #876)**: run long
+    /// **Reference baseline for benchmarks only (as the Go provider originally did)**: run long
     /// operations inline on the reconcile worker instead of the runner. Default `false`.
     pub sync_long_ops: bool,
 }

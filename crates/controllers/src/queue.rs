@@ -1,5 +1,5 @@
 //! The reconcilers' work queue, with the client-go rate-limiting queue semantics the reconcilers
-//! rely on (SPEC §2.4), on tokio time so that tests can run with paused time.
+//! rely on, on tokio time so that tests can run with paused time.
 //!
 //! Owns: key deduplication, the "one worker per key" rule, delayed adds, per-key exponential
 //! backoff and the global token bucket. It knows nothing about objects or reconcilers.

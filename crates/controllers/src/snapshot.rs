@@ -1,7 +1,8 @@
-//! The snapshot reconciler: one stored [`Snapshot`] ↔ one protected rbd snapshot (SPEC §5 and
-//! PR #876, with the §9 gaps fixed as noted). OS-image snapshots (id = manifest digest) live on
-//! `snap_<id>@v1`, volume snapshots on `img_<volumeImageId>@<id>`. The long steps (populate,
-//! flatten) run on the runner under the key `snapshot:<id>`.
+//! The snapshot reconciler: one stored [`Snapshot`] ↔ one protected rbd snapshot. OS-image
+//! snapshots (id = manifest digest) live on `snap_<id>@v1`, volume snapshots on
+//! `img_<volumeImageId>@<id>` (see `locate.rs`). The long steps (populate, flatten) run on the
+//! runner under the key `snapshot:<id>`. It never changes an Image's state except deleting the
+//! internal re-homed image of a deleted snapshot, and does not depend on the image reconciler.
 //!
 //! # States (`status.state`) and transitions
 //!
@@ -11,7 +12,7 @@
 //! | any | finalizer `snapshot` missing | finalizer added, pass continues |
 //! | `Pending` | OS source | `Populating`, op "populate" submitted |
 //! | `Pending` | volume source whose image is still a clone of another volume's snapshot | op "flatten source" (`snapshot:<id>`, on the runner) flattens it first; stays `Pending` |
-//! | `Pending` | volume source, rbd snapshot created (or already there, §9.23) and protected | `Ready` (`status.size` = the rbd snapshot's size) |
+//! | `Pending` | volume source, rbd snapshot created (or already there from an interrupted earlier pass) and protected | `Ready` (`status.size` = the rbd snapshot's size) |
 //! | `Pending` | volume source missing, deleted without the rbd snapshot, not `Available`, or its rbd image vanished | `Failed` + message |
 //! | `Pending` | no source | `Failed` ("snapshot source is not present") |
 //! | `Populating` | (pass) | op "populate" (re)submitted: a restart resumes here; the runner deduplicates |
@@ -39,62 +40,20 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use rbd::{ByteStream, RbdError, WriteOptions};
-use store::keys::{ARCHITECTURE_LABEL, SNAPSHOT_FINALIZER};
+use store::keys::{ARCHITECTURE_LABEL, INTERNAL_LABEL, SNAPSHOT_FINALIZER};
 use store::{Snapshot, SnapshotState};
 use tracing::{debug, info, warn};
 
 use crate::ctx::{get_opt, ignore_exists, ignore_not_found, modify, Action, Ctx, OpEnv};
-use crate::events::EventType;
-use crate::image::flatten_all;
+use crate::flatten::flatten_all;
+use crate::status::{mark_snapshot_failed, persist_progress};
 use crate::{
-    os_image_name, round_size, snapshot_key, volume_image_name, ControllerError, Result,
-    INTERNAL_LABEL, OS_SNAPSHOT_NAME,
+    os_image_name, round_size, snapshot_key, source_details, volume_image_name, ControllerError,
+    Result, OS_SNAPSHOT_NAME,
 };
-
-/// The rbd location `(image, snapshot)` of a snapshot's data (SPEC §3.1 "source details").
-pub fn source_details(snap: &Snapshot) -> Option<(String, String)> {
-    if !snap.source.ironcore_image.is_empty() {
-        Some((
-            os_image_name(&snap.metadata.id),
-            OS_SNAPSHOT_NAME.to_string(),
-        ))
-    } else if !snap.source.volume_image_id.is_empty() {
-        Some((
-            volume_image_name(&snap.source.volume_image_id),
-            snap.metadata.id.clone(),
-        ))
-    } else {
-        None
-    }
-}
 
 fn is_os(snap: &Snapshot) -> bool {
     !snap.source.ironcore_image.is_empty()
-}
-
-/// Marks snapshot `id` `Failed` with `message` unless it is being deleted or already failed.
-pub(crate) async fn mark_failed(ctx: &Ctx, id: &str, message: &str) -> Result<()> {
-    let updated = modify(&ctx.snapshots, id, |s: &mut Snapshot| {
-        if s.metadata.is_deleted() || s.status.state == SnapshotState::Failed {
-            return false;
-        }
-        s.status.state = SnapshotState::Failed;
-        s.status.message = message.to_string();
-        s.status.progress = None;
-        true
-    })
-    .await?;
-    if let Some(s) = updated {
-        warn!(snapshot = id, message, "snapshot failed");
-        ctx.record(
-            &s.metadata,
-            EventType::Warning,
-            "SnapshotFailed",
-            "CreateSnapshot",
-            message,
-        );
-    }
-    Ok(())
 }
 
 /// One reconcile pass of snapshot `id`.
@@ -128,11 +87,11 @@ pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
             volume_snapshot(ctx, snap).await
         }
         SnapshotState::Pending => {
-            mark_failed(ctx, id, "snapshot source is not present").await?;
+            mark_snapshot_failed(ctx, id, "snapshot source is not present").await?;
             Ok(Action::Done)
         }
         other => {
-            mark_failed(
+            mark_snapshot_failed(
                 ctx,
                 id,
                 &format!("unexpected state {other} of a live snapshot"),
@@ -146,7 +105,7 @@ pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
 /// A `Ready` snapshot: its rbd snapshot must still exist and be protected.
 async fn verify_ready(ctx: &Ctx, snap: Snapshot) -> Result<Action> {
     let Some((parent, psnap)) = source_details(&snap) else {
-        mark_failed(ctx, &snap.metadata.id, "snapshot source is not present").await?;
+        mark_snapshot_failed(ctx, &snap.metadata.id, "snapshot source is not present").await?;
         return Ok(Action::Done);
     };
     match ctx.backend.is_snapshot_protected(&parent, &psnap).await {
@@ -154,14 +113,15 @@ async fn verify_ready(ctx: &Ctx, snap: Snapshot) -> Result<Action> {
         Ok(false) => ctx.backend.protect_snapshot(&parent, &psnap).await?,
         Err(RbdError::NotFound(_)) => {
             let msg = format!("rbd snapshot {parent}@{psnap} vanished");
-            mark_failed(ctx, &snap.metadata.id, &msg).await?;
+            mark_snapshot_failed(ctx, &snap.metadata.id, &msg).await?;
         }
         Err(e) => return Err(e.into()),
     }
     Ok(Action::Done)
 }
 
-/// SPEC §5.2.2, idempotent (§9.23).
+/// A snapshot of a volume: creates and protects `img_<volumeImageId>@<id>` → `Ready`. Idempotent:
+/// an rbd snapshot left by an interrupted earlier pass is taken over.
 async fn volume_snapshot(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action> {
     let id = snap.metadata.id.clone();
     let vid = snap.source.volume_image_id.clone();
@@ -185,13 +145,13 @@ async fn volume_snapshot(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action> {
             Some(_) => None,
         };
         if let Some(msg) = refuse {
-            mark_failed(ctx, &id, &msg).await?;
+            mark_snapshot_failed(ctx, &id, &msg).await?;
             return Ok(Action::Done);
         }
         let parent = match ctx.backend.stat(&image).await {
             Ok(info) => info.parent,
             Err(RbdError::NotFound(_)) => {
-                mark_failed(ctx, &id, &format!("rbd image {image} vanished")).await?;
+                mark_snapshot_failed(ctx, &id, &format!("rbd image {image} vanished")).await?;
                 return Ok(Action::Done);
             }
             Err(e) => return Err(e.into()),
@@ -204,7 +164,7 @@ async fn volume_snapshot(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action> {
         match ignore_exists(ctx.backend.create_snapshot(&image, &id).await) {
             Ok(()) => {}
             Err(RbdError::NotFound(_)) => {
-                mark_failed(ctx, &id, &format!("rbd image {image} vanished")).await?;
+                mark_snapshot_failed(ctx, &id, &format!("rbd image {image} vanished")).await?;
                 return Ok(Action::Done);
             }
             Err(e) => return Err(e.into()),
@@ -251,7 +211,7 @@ async fn flatten_source(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
         .drive(work, &cell, &token, |d, t| {
             let ctx = ctx.clone();
             let id = id.clone();
-            async move { ctx.persist_snapshot_progress(&id, d, t).await }
+            async move { persist_progress(&ctx.snapshots, &id, d, t).await }
         })
         .await;
     match out {
@@ -312,7 +272,9 @@ async fn note_retry(ctx: &Ctx, id: &str, message: &str) {
     }
 }
 
-/// Op "populate" (`snapshot:<id>`, SPEC §5.4.1 without the in-slot retry loop).
+/// Op "populate" (`snapshot:<id>`): writes the OS image's rootfs into `snap_<id>` and snapshots it
+/// as `v1`. A retryable failure fails the op (the runner completion retries it with backoff)
+/// instead of retrying inside the runner slot.
 pub(crate) async fn populate(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
     let Some(snap) = populate_applies(&ctx, &id).await? else {
         return Ok(());
@@ -350,7 +312,7 @@ pub(crate) async fn populate(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()
             return Err(e.into());
         }
         Err(e) => {
-            mark_failed(
+            mark_snapshot_failed(
                 &ctx,
                 &id,
                 &format!("opening {}: {e}", snap.source.ironcore_image),
@@ -364,7 +326,7 @@ pub(crate) async fn populate(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()
             "registry served manifest {} for {id}",
             rootfs.manifest_digest
         );
-        mark_failed(&ctx, &id, &msg).await?;
+        mark_snapshot_failed(&ctx, &id, &msg).await?;
         return Ok(());
     }
     let size = round_size(rootfs.size);
@@ -396,7 +358,7 @@ pub(crate) async fn populate(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()
         .drive(write, &cell, &token, |d, t| {
             let ctx = ctx.clone();
             let id = id.clone();
-            async move { ctx.persist_snapshot_progress(&id, d, t).await }
+            async move { persist_progress(&ctx.snapshots, &id, d, t).await }
         })
         .await;
     let failure = match written {
@@ -428,7 +390,7 @@ pub(crate) async fn populate(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()
                 Err(e.into())
             }
             (e, None) => {
-                mark_failed(&ctx, &id, &format!("writing {name}: {e}")).await?;
+                mark_snapshot_failed(&ctx, &id, &format!("writing {name}: {e}")).await?;
                 Ok(())
             }
         };
@@ -521,7 +483,8 @@ async fn delete(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action> {
     Ok(Action::Done)
 }
 
-/// Op "flatten" (`snapshot:<id>`, SPEC §5.4.2).
+/// Op "flatten" (`snapshot:<id>`, deletion path): flattens the children of the rbd snapshot →
+/// `Flattened`.
 async fn flatten(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
     let Some(snap) = get_opt(&ctx.snapshots, &id).await? else {
         return Ok(());
@@ -539,7 +502,7 @@ async fn flatten(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
             |d, t| {
                 let ctx = ctx.clone();
                 let id = id.clone();
-                async move { ctx.persist_snapshot_progress(&id, d, t).await }
+                async move { persist_progress(&ctx.snapshots, &id, d, t).await }
             },
         )
         .await?;

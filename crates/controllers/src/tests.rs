@@ -19,7 +19,7 @@ use store::{
 };
 
 use crate::ctx::{Action, Ctx, OpEnv};
-use crate::{image, snapshot, ImageSource, ResolvedImage, Rootfs, SourceError};
+use crate::{flatten, image, snapshot, status, ImageSource, ResolvedImage, Rootfs, SourceError};
 
 mockall::mock! {
     /// The calls of an image source, synchronous (see [`MockedSource`]).
@@ -123,7 +123,7 @@ async fn a_flatten_that_fails_half_way_fails_the_operation_and_is_resumed_by_the
     img.status.state = ImageState::FlatteningChildren;
     ctx.images.update(&img).await.unwrap();
 
-    let err = image::flatten_children(ctx.clone(), "v".into(), env())
+    let err = flatten::flatten_children(ctx.clone(), "v".into(), env())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("osd down"), "{err}");
@@ -139,7 +139,7 @@ async fn a_flatten_that_fails_half_way_fails_the_operation_and_is_resumed_by_the
         img.status.message
     );
 
-    image::flatten_children(ctx.clone(), "v".into(), env())
+    flatten::flatten_children(ctx.clone(), "v".into(), env())
         .await
         .unwrap();
 }
@@ -159,7 +159,7 @@ async fn a_flattened_child_still_listed_is_reported_instead_of_spinning() {
     let mut img = ctx.images.get("v").await.unwrap();
     img.status.state = ImageState::FlatteningChildren;
     ctx.images.update(&img).await.unwrap();
-    let err = image::flatten_children(ctx, "v".into(), env())
+    let err = flatten::flatten_children(ctx, "v".into(), env())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("img_r still depend"), "{err}");
@@ -391,7 +391,9 @@ async fn status_writes_of_operations_retry_conflicts_and_keep_the_change() {
     .await;
     populating_snapshot(&ctx).await;
     left.store(3, Ordering::SeqCst);
-    snapshot::mark_failed(&ctx, DIGEST, "broken").await.unwrap();
+    status::mark_snapshot_failed(&ctx, DIGEST, "broken")
+        .await
+        .unwrap();
     assert_eq!(left.load(Ordering::SeqCst), 0, "three conflicts absorbed");
     let s = ctx.snapshots.get(DIGEST).await.unwrap();
     assert_eq!(s.status.state, SnapshotState::Failed);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use runner::{Completion, Outcome};
+use store::keys::REHOME_OF_LABEL;
 use store::{Image, ListOptions, Snapshot, SnapshotState, WatchEvent, FIELD_SNAPSHOT_REF};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -13,10 +14,11 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::ctx::{Action, Ctx};
 use crate::queue::WorkQueue;
-use crate::{image, snapshot, ControllerError, Result, REHOME_OF_LABEL};
+use crate::{image, snapshot, ControllerError, Result};
 
 pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) -> Result<()> {
-    // Order matters (SPEC §6.6): completions and watches first, then the initial list.
+    // Order matters: completions and watches first, then the initial list, so that no change
+    // between the list and the start of the watches is lost.
     let mut completions = ctx.runner.subscribe();
     let mut image_watch = ctx.images.watch(ListOptions::default())?;
     let mut snapshot_watch = ctx.snapshots.watch(ListOptions::default())?;

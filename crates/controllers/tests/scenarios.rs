@@ -58,7 +58,10 @@ async fn an_empty_volume_becomes_available_with_access_wwn_and_limits() {
     assert_eq!(md.keys().filter(|k| k.starts_with("conf_")).count(), 14);
     assert_eq!(
         w.events
-            .with_reason(&vol.metadata.id, "SetImageLimitsSucceeded")
+            .with_reason(
+                &vol.metadata.id,
+                controllers::events::reason::SET_IMAGE_LIMITS_SUCCEEDED
+            )
             .len(),
         1
     );
@@ -176,7 +179,7 @@ async fn deleting_a_volume_rehomes_its_snapshots_and_keeps_restores_intact() {
     );
     let rehomed = w.images().get(&sid).await.unwrap();
     assert_eq!(
-        rehomed.metadata.labels[controllers::INTERNAL_LABEL],
+        rehomed.metadata.labels[store::keys::INTERNAL_LABEL],
         "rehome"
     );
     assert!(!rehomed
@@ -208,7 +211,10 @@ async fn deleting_a_volume_rehomes_its_snapshots_and_keeps_restores_intact() {
     );
     assert!(!w
         .events
-        .with_reason(&vol.metadata.id, "ImageDeletionSucceeded")
+        .with_reason(
+            &vol.metadata.id,
+            controllers::events::reason::IMAGE_DELETION_SUCCEEDED
+        )
         .is_empty());
 
     // Deleting the snapshot removes its internal image as well.
@@ -317,7 +323,10 @@ async fn a_shrink_request_keeps_the_volume_available_with_one_warning() {
     );
     assert_eq!(
         w.events
-            .with_reason(&v.metadata.id, "UpdateImageSizeFailed")
+            .with_reason(
+                &v.metadata.id,
+                controllers::events::reason::UPDATE_IMAGE_SIZE_FAILED
+            )
             .len(),
         1
     );
@@ -458,7 +467,10 @@ async fn an_unknown_os_image_puts_the_volume_in_error() {
     assert_eq!(got.status.state, ImageState::Error);
     assert_eq!(
         w.events
-            .with_reason(&v.metadata.id, "ResolveImageFailed")
+            .with_reason(
+                &v.metadata.id,
+                controllers::events::reason::RESOLVE_IMAGE_FAILED
+            )
             .len(),
         1
     );
@@ -483,7 +495,10 @@ async fn a_restore_smaller_than_its_snapshot_is_an_error() {
     assert_eq!(got.status.state, ImageState::Error);
     assert_eq!(
         w.events
-            .with_reason(&r.metadata.id, "ImageSizeIsSmallerThanSnapshotSize")
+            .with_reason(
+                &r.metadata.id,
+                controllers::events::reason::IMAGE_SIZE_IS_SMALLER_THAN_SNAPSHOT_SIZE
+            )
             .len(),
         1
     );

@@ -10,12 +10,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
-use controllers::image::LUKS2_HEADER_SIZE;
-use controllers::{os_image_name, round_size, volume_image_name, INTERNAL_LABEL};
+use controllers::{os_image_name, round_size, volume_image_name};
 use proptest::prelude::*;
-use rbd::{BlockBackend, RbdError};
+use rbd::{BlockBackend, RbdError, LUKS2_HEADER_SIZE};
 use rbd_testkit::fake::Op as RbdOp;
 use runner::RunnerConfig;
+use store::keys::INTERNAL_LABEL;
 use store::{Image, ImageState, ListOptions, Snapshot, SnapshotState};
 
 const OS_IMAGES: [&str; 2] = ["os-a", "os-b"];
@@ -578,7 +578,7 @@ async fn check(w: &World, m: &Model) -> Result<(), String> {
             }
             continue;
         }
-        let (img, snap) = controllers::snapshot::source_details(s).unwrap();
+        let (img, snap) = controllers::source_details(s).unwrap();
         if !w
             .cluster
             .is_snapshot_protected(&img, &snap)
@@ -631,7 +631,7 @@ async fn check(w: &World, m: &Model) -> Result<(), String> {
             continue;
         }
         if let Some(model) = &s.model {
-            let (img, snap) = controllers::snapshot::source_details(rec).unwrap();
+            let (img, snap) = controllers::source_details(rec).unwrap();
             let got = read(w, &img, Some(&snap), 0, model.len() as u64).await;
             if got != *model {
                 return Err(format!("data of snapshot {} (on {img}) differs", s.id));

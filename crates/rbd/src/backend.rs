@@ -40,6 +40,12 @@ use bytes::Bytes;
 use futures::Stream;
 pub use tokio_util::sync::CancellationToken;
 
+/// Bytes the LUKS2 header takes at the start of an image formatted by
+/// [`BlockBackend::encryption_format`]: librbd's LUKS2 format reserves the first 16 MiB of the
+/// image, and the encrypted data starts behind it (an encrypted image holds 16 MiB less data than
+/// its size).
+pub const LUKS2_HEADER_SIZE: u64 = 16 * 1024 * 1024;
+
 /// Errors of block backends, classified so that callers can decide what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RbdError {

@@ -2,7 +2,9 @@
 
 use rand::RngCore;
 
-/// Well-known keys of labels, annotations and finalizers (SPEC §1, §7.2).
+/// Well-known keys of the labels, annotations and finalizers on stored objects: the one home of
+/// every key the provider writes into the store (the poollet's own label keys live in
+/// `iri::labels`).
 pub mod keys {
     /// Annotation holding the JSON-encoded IRI labels.
     pub const LABELS_ANNOTATION: &str = "ceph-provider.ironcore.dev/labels";
@@ -22,6 +24,18 @@ pub mod keys {
     pub const IMAGE_FINALIZER: &str = "image";
     /// Finalizer of snapshots.
     pub const SNAPSHOT_FINALIZER: &str = "snapshot";
+    /// Label that marks internal objects the volume server must not list; value
+    /// [`INTERNAL_REHOME`] for re-homed snapshot images. Internal objects carry no
+    /// [`MANAGER_LABEL`], and the volume server lists only objects with it.
+    pub const INTERNAL_LABEL: &str = "ceph-provider.ironcore.dev/internal";
+    /// Value of [`INTERNAL_LABEL`] on an image that holds a re-homed volume snapshot.
+    pub const INTERNAL_REHOME: &str = "rehome";
+    /// Label on a re-homed snapshot image: id of the deleted volume it was made for.
+    pub const REHOME_OF_LABEL: &str = "ceph-provider.ironcore.dev/rehome-of";
+    /// Annotation on a snapshot holding the id of the volume it was taken from, as the client
+    /// named it at creation. Keeps the snapshot's reported volume id stable when the snapshot is
+    /// re-homed onto an internal clone during the source volume's deletion.
+    pub const SOURCE_VOLUME_ANNOTATION: &str = "cephvol.ironcore.dev/source-volume-id";
 }
 
 /// Length of object ids made by [`new_id`].

@@ -15,14 +15,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use store::{keys, Image, ImageState, Metadata, Snapshot, SnapshotState};
+use store::keys::{self, SOURCE_VOLUME_ANNOTATION};
+use store::{Image, ImageState, Metadata, Snapshot, SnapshotState};
 
 use iri::{event_v1, meta_v1, volume_v1};
-
-/// Store annotation holding the id of the volume a snapshot was taken from, as the client named
-/// it at creation. Keeps `VolumeSnapshot.spec.volume_id` stable when the snapshot is re-homed onto
-/// an internal clone during the source's deletion (SPEC §9.20).
-pub const SOURCE_VOLUME_ANNOTATION: &str = "cephvol.ironcore.dev/source-volume-id";
 
 pub use iri::labels::{
     POOLLET_PREFIX, SNAPSHOT_NAMESPACE_LABEL, SNAPSHOT_NAME_LABEL, VOLUME_NAMESPACE_LABEL,

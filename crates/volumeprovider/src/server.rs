@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use controllers::{limits_for_class, round_size, Kek};
 use rbd::BlockBackend;
+use store::keys::SOURCE_VOLUME_ANNOTATION;
 use store::{
     keys, EncryptionSpec, EncryptionType, Image, ImageSpec, ImageState, ListOptions, Snapshot,
     SnapshotSource, SnapshotState, Store, StoreError,
@@ -33,7 +34,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::classes::VolumeClasses;
-use crate::convert::{self, SOURCE_VOLUME_ANNOTATION};
+use crate::convert;
 use crate::events::{EventQuery, EventStore};
 use crate::metrics::Metrics;
 use crate::validate::{self, DataSource};

@@ -407,10 +407,10 @@ async fn internal_and_unmanaged_images_are_never_listed_or_deleted() {
     let mut clone = h.images.get(&id).await.expect("img");
     clone.metadata = store::Metadata::new("rehomed");
     clone.metadata.annotations = h.images.get(&id).await.expect("img").metadata.annotations;
-    clone.metadata.labels.insert(
-        controllers::INTERNAL_LABEL.into(),
-        controllers::INTERNAL_REHOME.into(),
-    );
+    clone
+        .metadata
+        .labels
+        .insert(keys::INTERNAL_LABEL.into(), keys::INTERNAL_REHOME.into());
     clone.spec.snapshot_ref = Some("rehomed".into());
     h.images.create(clone).await.expect("created");
     let listed = h

@@ -71,8 +71,9 @@ use rbd::{
     ProgressFn, RbdError, Result, SnapshotInfo, WriteOptions,
 };
 
-/// Size of the LUKS2 header region that [`BlockBackend::encryption_format`] reserves.
-pub const LUKS2_HEADER_SIZE: u64 = 16 * 1024 * 1024;
+/// Size of the LUKS2 header region that [`BlockBackend::encryption_format`] reserves (the one
+/// definition is in the `rbd` crate; re-exported here for the fake's users).
+pub use rbd::LUKS2_HEADER_SIZE;
 
 /// Default object (chunk) size: librbd's default 4 MiB objects.
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;

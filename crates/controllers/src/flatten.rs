@@ -1,0 +1,117 @@
+//! Flattening the clones of an rbd image or snapshot, on the runner: [`flatten_all`] (used by the
+//! snapshot deletion path and by the image deletion path) and the image deletion's op "flatten
+//! children". Progress counts children, not bytes. Shared by both reconcilers, depends on neither.
+
+use std::sync::Arc;
+
+use rbd::RbdError;
+use store::{Image, ImageState};
+
+use crate::ctx::{get_opt, modify, Ctx, OpEnv};
+use crate::status::persist_progress;
+use crate::{image_key, volume_image_name, ControllerError, Result};
+
+/// Op "flatten children" (`image:<id>`, step 3 of the image deletion path): flattens every child
+/// of `img_<id>` while the image is being deleted and in `FlatteningChildren`.
+pub(crate) async fn flatten_children(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
+    let Some(img) = get_opt(&ctx.images, &id).await? else {
+        return Ok(());
+    };
+    if !img.metadata.is_deleted() || img.status.state != ImageState::FlatteningChildren {
+        return Ok(());
+    }
+    let name = volume_image_name(&id);
+    let result = flatten_all(&ctx, &image_key(&id), &name, None, &env, |d, t| {
+        let ctx = ctx.clone();
+        let id = id.clone();
+        async move { persist_progress(&ctx.images, &id, d, t).await }
+    })
+    .await;
+    if let Err(e) = &result {
+        let msg = e.to_string();
+        let _ = modify(&ctx.images, &id, |i: &mut Image| {
+            i.status.message = format!("flattening children: {msg}");
+            true
+        })
+        .await;
+    }
+    result
+}
+
+/// Flattens the children of `image` (of its snapshot `snap`, or of all its snapshots), one by
+/// one, reporting children done/total. Fails if a flattened child is still listed afterwards:
+/// it then depends on `image` through snapshots of its own, which no flatten can change, and
+/// retrying at once would only spin.
+pub(crate) async fn flatten_all<P, PF>(
+    ctx: &Arc<Ctx>,
+    key: &str,
+    image: &str,
+    snap: Option<&str>,
+    env: &OpEnv,
+    persist: P,
+) -> Result<()>
+where
+    P: FnMut(u64, u64) -> PF,
+    PF: std::future::Future<Output = ()>,
+{
+    let children = match ctx.backend.list_children(image, snap).await {
+        Ok(c) => c,
+        Err(RbdError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if children.is_empty() {
+        return Ok(());
+    }
+    let total = children.len() as u64;
+    let (cell, progress) = env.tracker();
+    let token = env.token.child_token();
+    let backend = ctx.backend.clone();
+    let names: Vec<String> = children.iter().map(|c| c.image.clone()).collect();
+    let child_token = token.clone();
+    let work = async move {
+        for (i, child) in names.iter().enumerate() {
+            let done = i as u64;
+            progress(done, total);
+            // Children are counted whole; the backend's object-level reports only keep the
+            // stall watchdog quiet.
+            let p = progress.clone();
+            let inner: rbd::ProgressFn = Arc::new(move |_, _| p(done, total));
+            match backend.flatten(child, inner, child_token.clone()).await {
+                Ok(()) | Err(RbdError::NotFound(_)) => {}
+                Err(e) => return Err(ControllerError::Rbd(e)),
+            }
+        }
+        progress(total, total);
+        Ok(())
+    };
+    match ctx.drive(work, &cell, &token, persist).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ControllerError::Op {
+                key: key.to_string(),
+                reason: "flatten made no progress and was cancelled".into(),
+            })
+        }
+    }
+    let left = match ctx.backend.list_children(image, snap).await {
+        Ok(c) => c,
+        Err(RbdError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let stuck: Vec<String> = left
+        .into_iter()
+        .filter(|c| children.contains(c))
+        .map(|c| c.image)
+        .collect();
+    if stuck.is_empty() {
+        Ok(())
+    } else {
+        Err(ControllerError::Op {
+            key: key.to_string(),
+            reason: format!(
+                "{} still depend on {image} through their own snapshots",
+                stuck.join(", ")
+            ),
+        })
+    }
+}

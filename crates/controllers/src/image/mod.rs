@@ -1,0 +1,110 @@
+//! The image reconciler: one stored [`Image`](store::Image) ↔ one RBD image `img_<id>`. Owns
+//! provisioning, resizing, access data and the deletion of volumes, including re-homing their
+//! snapshots; the long steps run on the runner under the key `image:<id>`. It touches Snapshot
+//! objects only to create an OS image's snapshot, to mark one `Failed` whose rbd snapshot vanished
+//! (the shared write in `status.rs`) and to repoint re-homed ones; it does not depend on the
+//! snapshot reconciler.
+//!
+//! # Phases (one file each)
+//! * `mod.rs` (this file): the pass dispatcher and the state table below.
+//! * `provision.rs`: resolve an OS image, create the rbd image (empty or from a snapshot), the
+//!   provisioning steps that end in `Available`, and the `Available` checks (resize, access data).
+//! * `fill.rs`: the `Filling` state's op "fill", the encrypted copy of a restore of plain data.
+//! * `delete.rs`: the deletion path and the re-homing of snapshots (its step table is there).
+//! * `encryption.rs`: what the phases ask about encryption (wanted? source encrypted? passphrase).
+//!
+//! # States (`status.state`) and transitions
+//!
+//! | From | Condition (checked in this order each pass) | To / effect |
+//! |---|---|---|
+//! | any | `deletedAt` set | deletion path (step table in `delete.rs`) |
+//! | any | finalizer `image` missing | finalizer added, pass continues |
+//! | `Pending`, `Error` | `spec.image` set, no `spec.snapshotRef`; resolve OK | OS snapshot object `<digest>` created if missing, `spec.snapshotRef = <digest>`, pass continues |
+//! | `Pending`, `Error` | resolve fails terminally (not found, no platform, malformed …) | `Error` + Warning (`NoPlatformMatch` / `ResolveImageFailed`) |
+//! | `Pending`, `Error` | resolve fails retryably | unchanged, retried with backoff |
+//! | `Pending`, `Error` | no rbd image, no snapshot ref | create empty `img_<id>` of `round(size)` → provisioning steps → `Available` |
+//! | `Pending`, `Error` | no rbd image, snapshot ref: snapshot not `Ready` yet / being deleted | unchanged; the snapshot's events requeue the image |
+//! | `Pending`, `Error` | snapshot missing (user restore) / `Failed` / larger than `round(size)` / rbd snapshot vanished / encrypted snapshot restored without encryption | `Error` + Warning, message says why (re-checked every pass: expanding the volume clears "too small") |
+//! | `Pending`, `Error` | OS volume whose snapshot object vanished | `spec.snapshotRef` cleared (re-resolve) |
+//! | `Pending`, `Error` | source and volume both unencrypted, or both encrypted | clone `parent@snap` (an encrypted source's LUKS header is inherited: `status.encryption` is set **before** the clone), grow to `round(size)` → provisioning steps → `Available` |
+//! | `Pending`, `Error` | unencrypted source, encrypted volume smaller than snapshot + LUKS2 header (16 MiB) | `Error` (expanding the volume lets it continue) |
+//! | `Pending`, `Error` | unencrypted source, encrypted volume; no KEK configured | `Error` |
+//! | `Pending`, `Error` | unencrypted source, encrypted volume | `Filling` (Pacific cannot LUKS-format a clone) |
+//! | `Filling` | (op `image:<id>` "fill", on the runner) | removes a partial `img_<id>`, creates it empty, LUKS2-formats it, copies `parent@snap` through the encryption layer (`status.progress` ≈ 1/s); success → `Pending` with `status.encryption` set; terminal failure (data does not fit, format unsupported, snapshot vanished) → `Error`, not retried at the same size; other failures remove the partial image and retry with backoff |
+//! | `Pending`, `Error` | rbd image exists (resume) | provisioning steps: `wwn` metadata, LUKS2 header once (never on a clone), `conf_<limit>` metadata (one event), access data → `Available` |
+//! | `Available` | rbd image exists, `round(size)` > rbd size | resize, `status.size` updated, Normal `UpdatedImageSizeSucceeded` |
+//! | `Available` | `round(size)` < rbd size | stays `Available` (data intact), `status.message` = shrink refused, Warning `UpdateImageSizeFailed` once |
+//! | `Available` | monitors/user/key differ from the configuration | access data refreshed |
+//! | `Available` | rbd image vanished | `Error` (never silently re-created: an empty image in its place would hide the data loss) |
+//!
+//! Provisioning failures that are retryable leave the state alone and retry with backoff; terminal
+//! ones (no KEK, undecryptable passphrase, encryption unsupported by the backend) set `Error`.
+//! `Error` is re-evaluated on every pass (events and the periodic resync), so fixing the cause
+//! (expanding the volume, configuring the KEK) lets provisioning continue.
+
+use std::sync::Arc;
+
+use rbd::RbdError;
+use store::keys::IMAGE_FINALIZER;
+use store::ImageState;
+
+use crate::ctx::{get_opt, Action, Ctx};
+use crate::events::{action, reason};
+use crate::status::set_image_error;
+use crate::{volume_image_name, Result};
+
+mod delete;
+mod encryption;
+mod fill;
+mod provision;
+
+use delete::delete;
+use fill::start_fill;
+use provision::{available, create, finish, resolve_os_image, Step};
+pub use provision::{LIMIT_METADATA_PREFIX, WWN_METADATA_KEY};
+
+/// One reconcile pass of image `id`.
+pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
+    let Some(mut img) = get_opt(&ctx.images, id).await? else {
+        return Ok(Action::Done);
+    };
+    if img.metadata.is_deleted() {
+        return delete(ctx, img).await;
+    }
+    if img.metadata.add_finalizer(IMAGE_FINALIZER) {
+        img = ctx.images.update(&img).await?;
+    }
+    if !img.spec.image.is_empty() && img.spec.snapshot_ref.is_none() {
+        match resolve_os_image(ctx, img).await? {
+            Step::Go(i) => img = *i,
+            Step::Stop(a) => return Ok(a),
+        }
+    }
+    let name = volume_image_name(id);
+    let info = match ctx.backend.stat(&name).await {
+        Ok(info) => Some(info),
+        Err(RbdError::NotFound(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    match (&img.status.state, info) {
+        (ImageState::Available, Some(info)) => return available(ctx, img, info).await,
+        (ImageState::Available, None) => {
+            let msg = format!("rbd image {name} vanished");
+            return set_image_error(
+                ctx,
+                img,
+                reason::IMAGE_VANISHED,
+                action::PROVISION_IMAGE,
+                msg,
+            )
+            .await;
+        }
+        (ImageState::Filling, _) => return start_fill(ctx, &img.metadata.id).await,
+        (_, None) => match create(ctx, img).await? {
+            Step::Go(i) => img = *i,
+            Step::Stop(a) => return Ok(a),
+        },
+        (_, Some(_)) => {}
+    }
+    finish(ctx, img).await
+}
