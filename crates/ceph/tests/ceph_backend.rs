@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use ceph_support::{backend, bounded, cleanup, cli, pattern, unique};
+use ceph_support::{backend, bounded, cleanup, cli, unique};
 use rbd::{BlockBackend, ByteStream, CancellationToken, Passphrase, RbdError, WriteOptions};
-use sha2::{Digest, Sha256};
+use testdata::{pattern, sha256_hex};
 
 const MIB: u64 = 1 << 20;
 
@@ -203,7 +203,7 @@ async fn clones_need_a_protected_snapshot_and_keep_their_bytes_after_the_parent_
             &data[..],
             "reads through"
         );
-        let before = Sha256::digest(cli_bytes(&["export", &child, "-"]));
+        let before = sha256_hex(&cli_bytes(&["export", &child, "-"]));
 
         let (progress, seen) = progress_recorder();
         b.flatten(&child, progress, CancellationToken::new())
@@ -226,7 +226,7 @@ async fn clones_need_a_protected_snapshot_and_keep_their_bytes_after_the_parent_
             .expect("unprotect after flatten");
         b.remove_snapshot(&parent, "v1").await.expect("remove snap");
         b.remove_image(&parent).await.expect("remove parent");
-        let after = Sha256::digest(cli_bytes(&["export", &child, "-"]));
+        let after = sha256_hex(&cli_bytes(&["export", &child, "-"]));
         assert_eq!(
             before, after,
             "the clone's bytes survive the deletion of its parent"
@@ -381,7 +381,7 @@ async fn write_stream_pipelines_skips_zero_chunks_and_reads_back() {
             let piece = if i % 2 == 0 {
                 vec![0u8; chunk]
             } else {
-                pattern(chunk, i)
+                pattern(chunk, u64::from(i))
             };
             expected.extend_from_slice(&piece);
             input.extend_from_slice(&piece);

@@ -1,17 +1,27 @@
-//! The shared `rbd::conformance` suite (the same rules the fake and the local backend pass) against
-//! `CephBackend` on a real cluster. Run through `cargo xtask integration` (ignored otherwise).
+//! The conformance rules (`rbd_testkit::conformance::rules`, the same ones the fake and the local
+//! backend pass) against `CephBackend` on a real cluster: one libtest-mimic trial per rule
+//! (`ceph::…`), ignored unless `--ignored` is given. `cargo xtask integration` runs them with
+//! `CEPHVOL_INTEGRATION=1`; without the cluster's environment a trial fails, it never skips.
 //!
-//! The suite reads `client.admin`'s key, which only an admin may do, so it connects as
-//! `client.admin` (`CEPH_ADMIN_KEYRING`); the other Ceph tests use the rbd-profile user.
-#![allow(clippy::unwrap_used)]
+//! The rules read `client.admin`'s key, which only an admin may do, so the trials connect as
+//! `client.admin` (`CEPH_ADMIN_KEYRING`); the other Ceph tests use the rbd-profile user. They share
+//! one connection (made by the first trial that runs) and one pool: each rule only touches images
+//! named after itself.
 
 mod ceph_support;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ceph::CephBackend;
+use rbd::BlockBackend;
+use rbd_testkit::conformance::{Fixture, Suite};
+use tokio::sync::OnceCell;
 
-async fn admin_backend() -> CephBackend {
+/// The connection as `client.admin`, shared by the trials.
+static ADMIN: OnceCell<Arc<CephBackend>> = OnceCell::const_new();
+
+async fn admin_backend() -> Arc<CephBackend> {
     let mut cfg = ceph_support::config();
     cfg.user = "admin".into();
     cfg.keyring = Some(PathBuf::from(
@@ -19,45 +29,29 @@ async fn admin_backend() -> CephBackend {
             .expect("CEPH_ADMIN_KEYRING: run through `cargo xtask integration`"),
     ));
     cfg.key_file = None;
-    CephBackend::connect(cfg)
-        .await
-        .expect("connect as client.admin")
+    Arc::new(
+        CephBackend::connect(cfg)
+            .await
+            .expect("connect as client.admin"),
+    )
 }
 
-/// Every rule, each under its own name prefix; all failures are reported together.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs ceph"]
-async fn ceph_backend_passes_every_conformance_rule() {
-    use futures::FutureExt as _;
-    let backend = admin_backend().await;
-    let mut failed = Vec::new();
-    for rule in rbd_testkit::conformance::RULES {
-        let started = std::time::Instant::now();
-        let run = (rule.run)(&backend, rule.name);
-        let outcome = tokio::time::timeout(
-            ceph_support::TEST_TIMEOUT,
-            std::panic::AssertUnwindSafe(run).catch_unwind(),
-        )
-        .await;
-        let verdict = match outcome {
-            Ok(Ok(())) => "ok",
-            Ok(Err(_)) => {
-                failed.push(rule.name);
-                "FAILED"
-            }
-            Err(_) => {
-                failed.push(rule.name);
-                "TIMED OUT"
-            }
-        };
-        eprintln!(
-            "conformance {} ... {verdict} ({:.1}s)",
-            rule.name,
-            started.elapsed().as_secs_f64()
-        );
+/// The shared admin connection.
+struct Admin(Arc<CephBackend>);
+
+impl Fixture for Admin {
+    fn backend(&self) -> &dyn BlockBackend {
+        &*self.0
     }
-    assert!(
-        failed.is_empty(),
-        "conformance rules failed on ceph: {failed:?}"
-    );
+}
+
+fn main() {
+    let args = libtest_mimic::Arguments::from_args();
+    let ceph = Suite::new("ceph", || async {
+        Admin(ADMIN.get_or_init(admin_backend).await.clone())
+    })
+    .ignored(true)
+    .multi_thread(2)
+    .timeout(ceph_support::TEST_TIMEOUT);
+    libtest_mimic::run(&args, ceph.trials()).exit();
 }

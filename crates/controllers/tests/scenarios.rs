@@ -12,6 +12,7 @@ use rbd::{BlockBackend, RbdError};
 use rbd_testkit::fake::{Op, LUKS2_HEADER_SIZE};
 use runner::RunnerConfig;
 use store::{ImageState, ListOptions, SnapshotState, ENCRYPTION_HEADER_SET};
+use testdata::pattern;
 
 const BUDGET: Duration = Duration::from_secs(3600);
 
@@ -27,12 +28,6 @@ async fn read(w: &World, image: &str, snap: Option<&str>, offset: u64, len: u64)
         .await
         .unwrap()
         .to_vec()
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
-        .collect()
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,21 +1,14 @@
-//! The conformance suite (`rbd::conformance`) against the in-memory fake (default and small
-//! objects) and the local directory backend: one test per rule and backend.
-#![allow(clippy::unwrap_used)]
+//! The conformance rules (`rbd_testkit::conformance::rules`) against the in-memory fake (default
+//! and 64 KiB objects) and the local directory backend: one libtest-mimic trial per rule and
+//! backend (`memory::…`, `memory_small_objects::…`, `local::…`), plus one trial per backend that
+//! runs every rule in turn on one shared pool.
 
 use rbd::local::LocalBackend;
 use rbd::BlockBackend;
-use rbd_testkit::conformance::Fixture;
+use rbd_testkit::conformance::{Fixture, Suite};
 use rbd_testkit::fake::MemoryBackend;
 
-async fn memory() -> MemoryBackend {
-    MemoryBackend::new("pool")
-}
-
-/// Objects of 64 KiB: many chunk boundaries inside the suite's writes.
-async fn memory_small_objects() -> MemoryBackend {
-    MemoryBackend::builder("pool").chunk_size(64 * 1024).build()
-}
-
+/// A local directory backend in a temp dir that lives as long as it.
 struct Local {
     _dir: tempfile::TempDir,
     backend: LocalBackend,
@@ -27,37 +20,26 @@ impl Fixture for Local {
     }
 }
 
-async fn local() -> Local {
+fn local() -> Local {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend = LocalBackend::open(dir.path(), "pool").expect("open local backend");
     Local { _dir: dir, backend }
 }
 
-mod memory {
-    rbd_testkit::conformance_tests!(super::memory());
-}
+fn main() {
+    let args = libtest_mimic::Arguments::from_args();
+    let memory = Suite::new("memory", || async { MemoryBackend::new("pool") });
+    // Objects of 64 KiB: many chunk boundaries inside the rules' writes.
+    let memory_small_objects = Suite::new("memory_small_objects", || async {
+        MemoryBackend::builder("pool").chunk_size(64 * 1024).build()
+    });
+    let local = Suite::new("local", || async { local() });
 
-mod memory_small_objects {
-    rbd_testkit::conformance_tests!(super::memory_small_objects());
-}
-
-mod local {
-    rbd_testkit::conformance_tests!(super::local());
-}
-
-#[tokio::test]
-async fn run_all_passes_on_one_shared_memory_pool() {
-    let backend = MemoryBackend::new("pool");
-    rbd_testkit::conformance::run_all(&backend, "shared-").await;
-    assert!(
-        backend.list_images().await.unwrap().is_empty(),
-        "rules clean up after themselves"
-    );
-}
-
-#[tokio::test]
-async fn run_all_passes_on_one_shared_local_directory() {
-    let fixture = local().await;
-    rbd_testkit::conformance::run_all(&fixture.backend, "shared-").await;
-    assert!(fixture.backend.list_images().await.unwrap().is_empty());
+    let mut trials = Vec::new();
+    trials.extend(memory.trials());
+    trials.extend(memory_small_objects.trials());
+    trials.extend(local.trials());
+    trials.push(memory.in_sequence("every_rule_passes_in_turn_on_one_shared_pool"));
+    trials.push(local.in_sequence("every_rule_passes_in_turn_on_one_shared_directory"));
+    libtest_mimic::run(&args, trials).exit();
 }

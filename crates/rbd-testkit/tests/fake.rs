@@ -8,9 +8,9 @@ use std::time::Duration;
 use rbd::{
     no_progress, BlockBackend, CancellationToken, Passphrase, ProgressFn, RbdError, WriteOptions,
 };
-use rbd_testkit::conformance::{pattern, read_all, stream_of};
+use rbd_testkit::conformance::{read_all, stream_of};
 use rbd_testkit::fake::{MemoryBackend, Op, FAKE_LUKS2_MAGIC, LUKS2_HEADER_SIZE};
-use sha2::{Digest, Sha256};
+use testdata::{pattern, sha256_hex};
 use tokio::time::Instant;
 
 const MIB: u64 = 1024 * 1024;
@@ -41,7 +41,7 @@ fn recorder() -> (ProgressFn, ProgressLog) {
 async fn clone_of_full_parent(b: &MemoryBackend) -> Vec<u8> {
     let size = 8 * b.chunk_size();
     b.create_image("parent", size).await.unwrap();
-    let data = pattern(1, size as usize);
+    let data = pattern(size as usize, 1);
     b.write_at("parent", 0, &data).await.unwrap();
     b.create_snapshot("parent", "s").await.unwrap();
     b.protect_snapshot("parent", "s").await.unwrap();
@@ -55,7 +55,7 @@ async fn write_stream_keeps_queue_depth_writes_in_flight() {
         let b = small(1024);
         b.create_image("img", 64 * 1024).await.unwrap();
         b.set_chunk_delay(Op::Write, Duration::from_millis(10));
-        let data = pattern(2, 16 * 1024);
+        let data = pattern(16 * 1024, 2);
         let n = b
             .write_stream(
                 "img",
@@ -81,7 +81,7 @@ async fn injected_chunk_latency_overlaps_across_the_queue_depth() {
         let start = Instant::now();
         b.write_stream(
             "img",
-            stream_of(pattern(3, 16 * 1024), 1024),
+            stream_of(pattern(16 * 1024, 3), 1024),
             opts(1024, depth as usize),
             no_progress(),
             CancellationToken::new(),
@@ -133,7 +133,7 @@ async fn fail_next_fails_exactly_n_calls_without_side_effects() {
 async fn injected_failures_happen_before_any_state_change() {
     let b = MemoryBackend::builder("pool").chunk_size(4096).build();
     b.create_image("p", 64 * 1024).await.unwrap();
-    b.write_at("p", 100, &pattern(4, 10_000)).await.unwrap();
+    b.write_at("p", 100, &pattern(10_000, 4)).await.unwrap();
     b.metadata_set("p", "k", "v").await.unwrap();
     b.create_snapshot("p", "s").await.unwrap();
     b.protect_snapshot("p", "s").await.unwrap();
@@ -316,7 +316,7 @@ async fn write_stream_failing_after_some_requests_reports_the_error() {
     let res = b
         .write_stream(
             "img",
-            stream_of(pattern(5, 8 * 1024), 1024),
+            stream_of(pattern(8 * 1024, 5), 1024),
             opts(1024, 1),
             no_progress(),
             CancellationToken::new(),
@@ -326,13 +326,13 @@ async fn write_stream_failing_after_some_requests_reports_the_error() {
     let got = read_all(&b, "img", None).await;
     assert_eq!(
         &got[..2048],
-        &pattern(5, 2048)[..],
+        &pattern(2048, 5)[..],
         "the first two requests were written"
     );
     assert!(got[2048..].iter().all(|&x| x == 0));
     b.write_stream(
         "img",
-        stream_of(pattern(5, 8 * 1024), 1024),
+        stream_of(pattern(8 * 1024, 5), 1024),
         opts(1024, 1),
         no_progress(),
         CancellationToken::new(),
@@ -356,7 +356,7 @@ async fn cancelling_a_write_stream_midway_stops_issuing_requests() {
     let res = b
         .write_stream(
             "img",
-            stream_of(pattern(6, 32 * 1024), 1024),
+            stream_of(pattern(32 * 1024, 6), 1024),
             opts(1024, 2),
             progress,
             cancel,
@@ -364,7 +364,11 @@ async fn cancelling_a_write_stream_midway_stops_issuing_requests() {
         .await;
     assert_eq!(res, Err(RbdError::Cancelled));
     let got = read_all(&b, "img", None).await;
-    let written = got.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1);
+    // Writes are whole 1 KiB requests: count up to the last one that is not all zero.
+    let written = got
+        .chunks(1024)
+        .rposition(|c| c.iter().any(|&x| x != 0))
+        .map_or(0, |p| (p + 1) * 1024);
     assert!(written <= 6 * 1024, "stopped early, wrote {written} bytes");
 }
 
@@ -461,10 +465,10 @@ async fn clones_of_the_backend_share_the_pool_across_a_restart() {
 async fn checksum_is_the_sha256_of_the_full_content() {
     let b = small(4096);
     b.create_image("img", 10_000).await.unwrap();
-    b.write_at("img", 4000, &pattern(8, 300)).await.unwrap();
+    b.write_at("img", 4000, &pattern(300, 8)).await.unwrap();
     let content = read_all(&b, "img", None).await;
     assert_eq!(content.len(), 10_000);
-    let want = hex::encode(Sha256::digest(&content));
+    let want = sha256_hex(&content);
     assert_eq!(b.checksum("img", None).unwrap(), want);
     assert_eq!(
         rbd_testkit::conformance::checksum(&b, "img", None).await,
@@ -481,7 +485,7 @@ async fn encryption_format_records_the_passphrase_and_reserves_the_header() {
     let b = MemoryBackend::new("pool");
     let size = LUKS2_HEADER_SIZE + 2 * MIB;
     b.create_image("img", size).await.unwrap();
-    b.write_at("img", 0, &pattern(9, 100)).await.unwrap();
+    b.write_at("img", 0, &pattern(100, 9)).await.unwrap();
     let pass = Passphrase::new("correct horse");
     b.encryption_format("img", &pass).await.unwrap();
     assert!(b.is_encrypted("img").unwrap());
@@ -492,7 +496,7 @@ async fn encryption_format_records_the_passphrase_and_reserves_the_header() {
         "old data is gone"
     );
 
-    let payload = pattern(10, MIB as usize + 7);
+    let payload = pattern(MIB as usize + 7, 10);
     let mut o = opts(MIB as usize, 2);
     o.passphrase = Some(pass.clone());
     let n = b
@@ -519,7 +523,7 @@ async fn encryption_format_records_the_passphrase_and_reserves_the_header() {
     plain.resize((size - LUKS2_HEADER_SIZE) as usize, 0);
     assert_eq!(
         b.checksum_decrypted("img", &pass).unwrap(),
-        hex::encode(Sha256::digest(&plain))
+        sha256_hex(&plain)
     );
     assert!(matches!(
         b.checksum_decrypted("img", &Passphrase::new("nope")),

@@ -6,7 +6,8 @@ use std::os::unix::fs::MetadataExt;
 
 use rbd::local::{LocalBackend, LOCAL_CLIENT_KEY};
 use rbd::{no_progress, BlockBackend, CancellationToken, Passphrase, RbdError, WriteOptions};
-use rbd_testkit::conformance::{pattern, read_all, stream_of};
+use rbd_testkit::conformance::{read_all, stream_of};
+use testdata::pattern;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -17,7 +18,7 @@ fn open(dir: &tempfile::TempDir) -> LocalBackend {
 #[tokio::test]
 async fn state_survives_reopening_the_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let data = pattern(1, 5000);
+    let data = pattern(5000, 1);
     {
         let b = open(&dir);
         b.create_image("snap_sha256:abc", 8 * MIB).await.unwrap();
@@ -86,7 +87,7 @@ async fn snapshots_and_clones_are_sparse_copies() {
     let b = open(&dir);
     let size = 64 * MIB;
     b.create_image("img", size).await.unwrap();
-    b.write_at("img", 10 * MIB, &pattern(2, 4096))
+    b.write_at("img", 10 * MIB, &pattern(4096, 2))
         .await
         .unwrap();
     b.create_snapshot("img", "s").await.unwrap();

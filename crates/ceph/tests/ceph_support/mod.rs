@@ -1,4 +1,4 @@
-//! Shared helpers of the real-Ceph tests (`crates/rbd/tests/ceph_*.rs`). They read the cluster from
+//! Shared helpers of the real-Ceph tests (`crates/ceph/tests/ceph_*.rs`). They read the cluster from
 //! the environment that `cargo xtask integration` (or `eval $(cargo xtask ceph env)`) sets.
 #![allow(dead_code)]
 
@@ -75,11 +75,4 @@ pub fn cli(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A deterministic, non-zero byte pattern.
-pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
-        .collect()
 }
