@@ -12,7 +12,7 @@
 //! * [`BlockBackend::flatten`] copies the parent's data into the clone and detaches it; afterwards the
 //!   clone has no parent and the parent snapshot has one child fewer. Snapshots the clone took while
 //!   it was a clone are detached with it and keep their bytes (measured on Ceph Pacific 16.2.15).
-//! * The executable form of these rules is [`crate::conformance`]; every backend passes it.
+//! * The executable form of these rules is `rbd_testkit::conformance::rules` (in the `rbd-testkit` crate); every backend passes it.
 //! * Rules the backends enforce (each maps to [`RbdError::Busy`] unless stated):
 //!   - removing a **protected** snapshot fails;
 //!   - unprotecting a snapshot fails while it has **children** (clones);
