@@ -226,10 +226,10 @@ impl RegistryClient {
         .await?;
         // Renew a little early.
         let life = life.max(Duration::from_secs(10)) - Duration::from_secs(5);
-        self.exchanged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (token.clone(), Instant::now() + life));
+        let mut exchanged = self.exchanged.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        exchanged.retain(|_, (_, until)| *until > now);
+        exchanged.insert(key, (token.clone(), now + life));
         Ok(RegistryAuth::Bearer(token))
     }
 
