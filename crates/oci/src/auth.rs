@@ -177,15 +177,18 @@ pub async fn exchange_identity_token(
     let what = format!("token from {realm}");
     let url = reqwest::Url::parse(realm)
         .map_err(|e| Error::Unavailable(format!("{what}: invalid realm: {e}")))?;
-    let mut form = form_urlencoded::Serializer::new(String::new());
-    form.append_pair("grant_type", "refresh_token")
-        .append_pair("refresh_token", refresh)
-        .append_pair("client_id", "cephvol")
-        .append_pair("scope", scope);
-    if let Some(s) = service {
-        form.append_pair("service", s);
-    }
-    let body = form.finish();
+    // Built in a block: the serializer is not `Send` and must not live across an await.
+    let body = {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "refresh_token")
+            .append_pair("refresh_token", refresh)
+            .append_pair("client_id", "cephvol")
+            .append_pair("scope", scope);
+        if let Some(s) = service {
+            form.append_pair("service", s);
+        }
+        form.finish()
+    };
     debug!(%realm, %scope, "exchanging identity token");
     let resp = http
         .post(url)

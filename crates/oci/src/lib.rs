@@ -339,3 +339,18 @@ impl OciClient {
         self.open(reference, architecture).instrument(span).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn the_client_futures_can_move_between_threads() {
+        // The volume provider runs them on a multi-threaded runtime behind `async_trait`.
+        let client = OciClient::new(OciOptions::default()).expect("client");
+        assert_send(&client.resolve("h/r:t", None));
+        assert_send(&client.open_rootfs("h/r:t", None));
+    }
+}
