@@ -68,9 +68,8 @@
 //!   `ubuntu:22.04` to `docker.io/library/ubuntu:22.04`, adds `latest` to a reference without tag,
 //!   and rejects a bracketed IPv6 host such as `[::1]:5000`. ironcore references need an explicit
 //!   host and no normalisation, so we parse them and hand `oci-client` the parts.
-//! - **Platform pick** (`manifest::pick_platform`): `oci-client`'s
-//!   `platform_resolver` is fixed per client and by default picks the platform of the machine the
-//!   code runs on, so a two-entry index resolves without any architecture asked for, where ironcore
+//! - **Platform pick** (`manifest::pick_platform`): `oci-client`'s `platform_resolver` is fixed
+//!   per client and by default picks the platform of the machine the code runs on, so a two-entry index resolves without any architecture asked for, where ironcore
 //!   needs `NoPlatformMatch`. Its index entries also read architectures through `oci-spec`'s `Arch`,
 //!   which turns `armbe` into `arm64be`, while the rule compares the strings exactly. We fetch raw
 //!   documents and apply the rule to our string-typed structs.
@@ -92,8 +91,14 @@
 //!   a wrong descriptor size with the right digest passes, more bytes than described are read to
 //!   the end before anything fails, and a mismatch is an `io::Error` of kind `Other`. We count
 //!   the bytes against the descriptor and give the error kinds above.
-//! - **Time limits**: `oci-client` has only connect and per-read timeouts; we bound each manifest,
-//!   config and token request as a whole and the wait for each body chunk.
+//! - **Time limits**: `oci-client` has only connect and per-read timeouts (none by default: it
+//!   waits forever for a registry that accepts and never answers); we bound each manifest, config
+//!   and token request as a whole and the wait for each body chunk.
+//!
+//! # TLS
+//! `oci-client` is built on `rustls` without a crypto provider of its own (the `ring` one is
+//! already in the workspace, through the other HTTP client); [`OciClient::new`] installs `ring` as
+//! the process default unless the process chose one before.
 
 mod auth;
 mod error;
