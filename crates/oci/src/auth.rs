@@ -1,21 +1,26 @@
-//! Registry credentials from the Docker config file and the HTTP authentication challenge.
+//! Registry credentials from the Docker config file, and the one token flow `oci-client` lacks.
 //!
-//! Credentials are looked up only when a registry asks for them (a `401` with `WWW-Authenticate`),
-//! in the order Docker uses: `credHelpers[host]`, then `credsStore`, then the inline `auths[host]`
-//! entry (`auth` = base64 `user:password`, or `username`/`password`, or `identitytoken`, or
-//! `registrytoken`). The config file is `$DOCKER_CONFIG/config.json`, else
-//! `$HOME/.docker/config.json`, unless [`super::OciOptions::docker_config`] names one. A missing
-//! file means anonymous access. Secrets never appear in `Debug` output or logs.
+//! Credentials are read with the `docker_credential` crate, which follows Docker's rules:
+//! `credHelpers[host]`, then the inline `auths[host]` entry (`identitytoken`, else `auth` = base64
+//! `user:password`, else `username`/`password`; keys like `https://host/v1/` match `host`), then
+//! `credsStore`. An entry with an `identitytoken` (its username empty) is an OAuth2 refresh token.
+//! The config file is [`super::OciOptions::docker_config`], else `$DOCKER_CONFIG/config.json`, else
+//! `$HOME/.docker/config.json`; a missing file, or no entry for the host, means anonymous access.
+//! Docker's rarely used `registrytoken` field is not read (`docker_credential` does not know it and
+//! `docker login` never writes it). Secrets never appear in `Debug` output or logs.
+//!
+//! Hand-written here, because `oci-client` cannot do it (its `RegistryAuth` has no variant for it,
+//! and its token request is always a GET): exchanging an identity token for a bearer token with the
+//! OAuth2 `refresh_token` grant (a form POST to the challenge's realm). The challenge itself is
+//! parsed with the `http-auth` crate.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::time::Duration;
 
 use crate::Error;
-use base64::Engine as _;
+use docker_credential::{CredentialRetrievalError, DockerCredential};
 use serde::Deserialize;
+use std::fmt;
 use tracing::debug;
 
 /// Credentials for one registry host.
@@ -30,8 +35,6 @@ pub enum Credentials {
     },
     /// An OAuth2 refresh token (Docker's `identitytoken`), exchanged at the token endpoint.
     IdentityToken(String),
-    /// A bearer token sent as is (Docker's `registrytoken`).
-    RegistryToken(String),
 }
 
 impl fmt::Debug for Credentials {
@@ -43,34 +46,8 @@ impl fmt::Debug for Credentials {
                 .field("password", &"***")
                 .finish(),
             Credentials::IdentityToken(_) => f.write_str("IdentityToken(***)"),
-            Credentials::RegistryToken(_) => f.write_str("RegistryToken(***)"),
         }
     }
-}
-
-#[derive(Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DockerConfig {
-    #[serde(default)]
-    auths: BTreeMap<String, AuthEntry>,
-    #[serde(default)]
-    creds_store: Option<String>,
-    #[serde(default)]
-    cred_helpers: BTreeMap<String, String>,
-}
-
-#[derive(Default, Deserialize)]
-struct AuthEntry {
-    #[serde(default)]
-    auth: Option<String>,
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    password: Option<String>,
-    #[serde(default)]
-    identitytoken: Option<String>,
-    #[serde(default)]
-    registrytoken: Option<String>,
 }
 
 /// Where the Docker config file is: `explicit`, else `$DOCKER_CONFIG/config.json`, else
@@ -87,18 +64,10 @@ pub fn docker_config_path(explicit: Option<&Path>) -> Option<PathBuf> {
         .map(|h| PathBuf::from(h).join(".docker").join("config.json"))
 }
 
-/// Normalises an `auths` key (`https://host/v1/`, `host`) to a bare host.
-fn auth_key_host(key: &str) -> &str {
-    let k = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
-    k.split('/').next().unwrap_or(k)
-}
-
 /// Looks up credentials for `host` in the Docker config at `path` (missing file: `Ok(None)`).
 /// An unreadable or invalid config, or a failing credential helper, is
-/// [`Error::Unavailable`]: the operator can fix the host and a retry then succeeds.
+/// [`Error::Unavailable`]: the operator can fix the host and a retry then succeeds. Runs on a
+/// blocking thread (a credential helper is a process).
 pub async fn lookup(path: Option<&Path>, host: &str) -> Result<Option<Credentials>, Error> {
     let Some(path) = path else { return Ok(None) };
     let text = match tokio::fs::read(path).await {
@@ -111,114 +80,34 @@ pub async fn lookup(path: Option<&Path>, host: &str) -> Result<Option<Credential
             )))
         }
     };
-    let cfg: DockerConfig = serde_json::from_slice(&text).map_err(|e| {
-        Error::Unavailable(format!("invalid docker config {}: {e}", path.display()))
-    })?;
-    if let Some(helper) = cfg.cred_helpers.get(host) {
-        return run_helper(helper, host).await;
-    }
-    if let Some(store) = cfg.creds_store.as_deref().filter(|s| !s.is_empty()) {
-        if let Some(c) = run_helper(store, host).await? {
-            return Ok(Some(c));
-        }
-    }
-    let entry = cfg.auths.get(host).or_else(|| {
-        cfg.auths
-            .iter()
-            .find(|(k, _)| auth_key_host(k) == host)
-            .map(|(_, v)| v)
-    });
-    let Some(entry) = entry else { return Ok(None) };
-    entry_credentials(entry, host)
-}
-
-fn entry_credentials(entry: &AuthEntry, host: &str) -> Result<Option<Credentials>, Error> {
-    if let Some(t) = entry.identitytoken.as_deref().filter(|t| !t.is_empty()) {
-        return Ok(Some(Credentials::IdentityToken(t.to_string())));
-    }
-    if let Some(t) = entry.registrytoken.as_deref().filter(|t| !t.is_empty()) {
-        return Ok(Some(Credentials::RegistryToken(t.to_string())));
-    }
-    if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(auth.trim())
-            .map_err(|_| {
-                Error::Unavailable(format!("docker config: invalid base64 auth for {host}"))
-            })?;
-        let text = String::from_utf8(raw).map_err(|_| {
-            Error::Unavailable(format!("docker config: auth for {host} is not UTF-8"))
-        })?;
-        let Some((user, pass)) = text.split_once(':') else {
-            return Err(Error::Unavailable(format!(
-                "docker config: auth for {host} is not user:password"
-            )));
-        };
-        return Ok(Some(Credentials::Basic {
-            username: user.to_string(),
-            password: pass.to_string(),
-        }));
-    }
-    match (&entry.username, &entry.password) {
-        (Some(u), Some(p)) if !u.is_empty() => Ok(Some(Credentials::Basic {
-            username: u.clone(),
-            password: p.clone(),
-        })),
-        _ => Ok(None),
-    }
-}
-
-#[derive(Deserialize)]
-struct HelperOutput {
-    #[serde(rename = "Username", default)]
-    username: String,
-    #[serde(rename = "Secret", default)]
-    secret: String,
-}
-
-/// Runs `docker-credential-<helper> get` with `host` on stdin (on a blocking thread).
-async fn run_helper(helper: &str, host: &str) -> Result<Option<Credentials>, Error> {
-    let program = format!("docker-credential-{helper}");
-    debug!(%program, %host, "asking credential helper");
-    let (prog, h) = (program.clone(), host.to_string());
-    let out = tokio::task::spawn_blocking(move || -> std::io::Result<std::process::Output> {
-        let mut child = std::process::Command::new(&prog)
-            .arg("get")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(h.as_bytes())?;
-        }
-        child.wait_with_output()
+    let (h, shown) = (host.to_string(), path.display().to_string());
+    let found = tokio::task::spawn_blocking(move || {
+        docker_credential::get_credential_from_reader(text.as_slice(), &h)
     })
     .await
-    .map_err(|e| Error::Unavailable(format!("credential helper {program}: {e}")))?
-    .map_err(|e| Error::Unavailable(format!("credential helper {program}: {e}")))?;
-    if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        if msg.contains("credentials not found") {
-            return Ok(None);
+    .map_err(|e| Error::Unavailable(format!("docker config {shown}: {e}")))?;
+    match found {
+        Ok(DockerCredential::IdentityToken(t)) if !t.is_empty() => {
+            Ok(Some(Credentials::IdentityToken(t)))
         }
-        return Err(Error::Unavailable(format!(
-            "credential helper {program} failed: {}",
-            msg.trim()
-        )));
+        Ok(DockerCredential::IdentityToken(_)) => Ok(None),
+        Ok(DockerCredential::UsernamePassword(username, password)) => {
+            Ok(Some(Credentials::Basic { username, password }))
+        }
+        Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(None),
+        // A helper that has nothing for this host says so on stdout and exits non-zero.
+        Err(CredentialRetrievalError::HelperFailure { stdout, stderr, .. })
+            if (stdout.clone() + &stderr).contains("credentials not found") =>
+        {
+            Ok(None)
+        }
+        Err(CredentialRetrievalError::ConfigReadError) => {
+            Err(Error::Unavailable(format!("invalid docker config {shown}")))
+        }
+        Err(e) => Err(Error::Unavailable(format!(
+            "docker config {shown}, credentials for {host}: {e}"
+        ))),
     }
-    let parsed: HelperOutput = serde_json::from_slice(&out.stdout).map_err(|e| {
-        Error::Unavailable(format!("credential helper {program}: invalid output: {e}"))
-    })?;
-    if parsed.secret.is_empty() {
-        return Ok(None);
-    }
-    if parsed.username == "<token>" {
-        return Ok(Some(Credentials::IdentityToken(parsed.secret)));
-    }
-    Ok(Some(Credentials::Basic {
-        username: parsed.username,
-        password: parsed.secret,
-    }))
 }
 
 /// A parsed `WWW-Authenticate` challenge.
@@ -237,79 +126,110 @@ pub enum Challenge {
     },
 }
 
-/// Parses a `WWW-Authenticate` header value (`Bearer realm="…",service="…"` or `Basic realm="…"`).
+/// Parses a `WWW-Authenticate` header value (`Bearer realm="…",service="…"` or `Basic realm="…"`)
+/// with `http-auth`; the first Basic or Bearer challenge wins.
 pub fn parse_challenge(header: &str) -> Option<Challenge> {
-    let header = header.trim();
-    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
-    match scheme.to_ascii_lowercase().as_str() {
-        "basic" => Some(Challenge::Basic),
-        "bearer" => {
-            let params = parse_params(rest);
-            let realm = params.get("realm")?.clone();
+    let challenges = http_auth::parse_challenges(header).ok()?;
+    challenges.iter().find_map(|c| {
+        let param = |name: &str| {
+            c.params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.to_unescaped())
+        };
+        if c.scheme.eq_ignore_ascii_case("basic") {
+            Some(Challenge::Basic)
+        } else if c.scheme.eq_ignore_ascii_case("bearer") {
             Some(Challenge::Bearer {
-                realm,
-                service: params.get("service").cloned(),
-                scope: params.get("scope").cloned(),
+                realm: param("realm")?,
+                service: param("service"),
+                scope: param("scope"),
             })
+        } else {
+            None
         }
-        _ => None,
-    }
+    })
 }
 
-/// Parses `k="v", k2=v2` auth parameters (quoted strings may contain commas and `\"`).
-fn parse_params(s: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
-            chars.next();
+/// Lifetime of a token whose response names none (Docker's default).
+const DEFAULT_TOKEN_SECS: u64 = 60;
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// Exchanges the identity token `refresh` for a bearer token for `scope` at `realm`: a form POST
+/// with `grant_type=refresh_token`, as Docker does. Returns the token and its lifetime.
+pub async fn exchange_identity_token(
+    http: &reqwest::Client,
+    realm: &str,
+    service: Option<&str>,
+    scope: &str,
+    refresh: &str,
+    timeout: Duration,
+) -> Result<(String, Duration), Error> {
+    let what = format!("token from {realm}");
+    let url = reqwest::Url::parse(realm)
+        .map_err(|e| Error::Unavailable(format!("{what}: invalid realm: {e}")))?;
+    // Built in a block: the serializer is not `Send` and must not live across an await.
+    let body = {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "refresh_token")
+            .append_pair("refresh_token", refresh)
+            .append_pair("client_id", "cephvol")
+            .append_pair("scope", scope);
+        if let Some(s) = service {
+            form.append_pair("service", s);
         }
-        let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' || c == ',' {
-                break;
-            }
-            key.push(c);
-            chars.next();
-        }
-        if key.is_empty() {
-            break;
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'=') {
-            chars.next();
-            if chars.peek() == Some(&'"') {
-                chars.next();
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => {
-                            if let Some(n) = chars.next() {
-                                value.push(n);
-                            }
-                        }
-                        '"' => break,
-                        c => value.push(c),
-                    }
-                }
-            } else {
-                while let Some(&c) = chars.peek() {
-                    if c == ',' {
-                        break;
-                    }
-                    value.push(c);
-                    chars.next();
-                }
-            }
-        }
-        out.insert(key.trim().to_ascii_lowercase(), value.trim().to_string());
+        form.finish()
+    };
+    debug!(%realm, %scope, "exchanging identity token");
+    let resp = http
+        .post(url)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(body)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| Error::Unavailable(format!("{what}: {e}")))?;
+    let status = resp.status();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| Error::Unavailable(format!("{what}: {e}")))?;
+    if !status.is_success() {
+        let detail: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+        return Err(Error::Unavailable(format!(
+            "access denied (check registry credentials): {what}: HTTP {status}: {detail}"
+        )));
     }
-    out
+    let t: TokenResponse = serde_json::from_slice(&body)
+        .map_err(|e| Error::Unavailable(format!("{what}: invalid token response: {e}")))?;
+    let token = t
+        .access_token
+        .filter(|t| !t.is_empty())
+        .or(t.token.filter(|t| !t.is_empty()))
+        .ok_or_else(|| Error::Unavailable(format!("{what}: no token in response")))?;
+    Ok((
+        token,
+        Duration::from_secs(t.expires_in.unwrap_or(DEFAULT_TOKEN_SECS)),
+    ))
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     #[test]
     fn bearer_challenges_yield_realm_service_and_scope() {

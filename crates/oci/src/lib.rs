@@ -1,44 +1,104 @@
 //! OS images from OCI registries: [`OciClient`] resolves ironcore image references and streams
 //! their root filesystem layer.
 //!
-//! Owns: reference parsing ([`Reference`], containerd rules: explicit host, no normalisation), the
-//! distribution HTTP client (hand-rolled over `reqwest`: token/basic auth from the Docker config,
-//! plain HTTP for loopback or listed hosts, timeouts), document detection, the platform pick, layer
-//! classification and the digest-verifying rootfs stream. It does not write block devices and knows
-//! nothing of volumes: a caller pipes [`Rootfs::data`] wherever it wants.
+//! Owns: reference parsing ([`Reference`]), the ironcore document rules (type detection, platform
+//! pick, layer classification), credentials from the Docker config, and the guarded rootfs stream.
+//! The HTTP side of the distribution protocol is the maintained `oci-client` crate (manifest and
+//! blob GETs, bearer-token and Basic auth, digest checks); Docker config entries are read with
+//! `docker_credential`. It does not write block devices and knows nothing of volumes: a caller
+//! pipes [`Rootfs::data`] wherever it wants.
 //!
-//! # Resolution (IRI.md §2.3)
-//! 1. The reference's digest (if any, else its tag) is fetched from the manifest endpoint. Its type
-//!    is the body's `mediaType`, else the `Content-Type` header, else the shape (ironcore's builder
-//!    writes manifests without `mediaType`). Only OCI manifests and indexes are accepted; Docker
-//!    manifests, manifest lists and schema 1 are `Malformed("unsupported media type …")`.
-//! 2. An index is reduced to one entry: with an architecture, the first entry whose platform is
-//!    exactly `linux/<arch>` (variant ignored); without one, the only entry of a one-entry index.
-//!    Otherwise `NoPlatformMatch`. A direct manifest reference is taken as is.
-//! 3. The snapshot id is the chosen **platform manifest** digest (never the index digest). Every
-//!    fetched document is hashed; a reference digest or `Docker-Content-Digest` that differs is
-//!    `DigestMismatch`.
+//! # The ironcore image format
+//! An ironcore OS image is an OCI image manifest whose config blob is a small JSON object
+//! (`commandLine`) and whose layers are raw files (root filesystem, kernel, initramfs, …) told
+//! apart by media type ([`media_types`]). ironcore's builder writes each per-architecture manifest
+//! **without a top-level `mediaType`** (only `schemaVersion`, `config`, `layers`), pushes it under
+//! `<tag>-<arch>`, and joins them in an OCI index (which does carry `mediaType`) with `linux/<arch>`
+//! platforms under `<tag>`. Layer blobs are sha256-addressed like any blob.
+//!
+//! # Resolution
+//! 1. References need an explicit registry host (`host[:port]/repository:tag`, `…@sha256:<hex>` or
+//!    both, the digest winning) and get no `docker.io`/`library/` normalisation, as containerd
+//!    parses them.
+//! 2. The reference's digest (if any, else its tag) is fetched from the manifest endpoint. Its type
+//!    is the body's `mediaType`, else its shape (`manifests` → index, `config`/`layers` →
+//!    manifest). Only OCI manifests and indexes are accepted; Docker manifests, manifest lists and
+//!    schema 1 are `Malformed("unsupported media type …")`.
+//! 3. An index is reduced to one entry: with an architecture, the first entry whose platform `os`
+//!    is `linux` and whose `architecture` equals it exactly (the variant is ignored); without one,
+//!    the only entry of a one-entry index. Otherwise `NoPlatformMatch`. A direct manifest reference
+//!    is taken as is, whatever the architecture asked for.
+//! 4. The snapshot id is the digest of the chosen **platform manifest** (never the index digest).
+//!    Every fetched document is hashed; a reference digest or `Docker-Content-Digest` that differs
+//!    is `DigestMismatch`.
+//!
+//! # Credentials
+//! Looked up in the Docker config for the reference's host on every resolve and open, so a fixed
+//! config heals without a restart: `auths[host].auth` (base64 `user:password`) is sent as HTTP
+//! Basic or to the token endpoint; an entry with an empty username and an `identitytoken` is an
+//! OAuth2 refresh token, exchanged with the `refresh_token` grant. A missing config or entry means
+//! anonymous access (anonymous bearer tokens included).
 //!
 //! # Layers
 //! The current media type of a slot always wins; a legacy one fills the slot only while it is empty.
-//! **Unknown layer media types are ignored** (debug log), unlike the Go library, which fails the
-//! whole image with "unknown layer type": an image that carries an extra artifact (for example a
-//! `…disk.img` layer) still has a perfectly usable rootfs, and the volume provider only ever reads
+//! **Unknown layer media types are ignored** (debug log), unlike ironcore's Go library, which fails
+//! the whole image with "unknown layer type": an image that carries an extra artifact (for example
+//! a `…disk.img` layer) still has a perfectly usable rootfs, and the volume provider only ever reads
 //! that one layer. No rootfs layer is `NoRootfs`. The config blob is fetched, verified and must be
 //! a JSON object (its media type is not checked, as in Go).
 //!
 //! # Streaming
 //! The rootfs blob is passed on chunk by chunk as the HTTP body delivers it; it is never buffered
-//! whole. The stream counts and hashes the bytes and, instead of ending cleanly, yields an
-//! `io::Error` of kind `InvalidData` wrapping [`Error::DigestMismatch`] when the size or digest
-//! differs from the layer descriptor. A body that stalls longer than
-//! [`OciOptions::read_timeout`] yields `TimedOut` (wrapping `Unavailable`).
+//! whole. `oci-client` hashes it; the stream also counts it and, instead of ending cleanly, yields
+//! an `io::Error` of kind `InvalidData` wrapping [`Error::DigestMismatch`] when the size or digest
+//! differs from the layer descriptor. A body that stalls longer than [`OciOptions::read_timeout`]
+//! yields `TimedOut` (wrapping `Unavailable`).
 //!
 //! # Error classes
 //! Unknown repository/tag/digest → `NotFound`; bad reference → `InvalidReference`; no platform →
 //! `NoPlatformMatch`; no rootfs → `NoRootfs`; corrupt bytes → `DigestMismatch` (retryable);
 //! unreachable registry, timeouts, `408`/`429`/`5xx`, refused credentials, unusable Docker config →
 //! `Unavailable` (retryable); bad JSON or unsupported media types → `Malformed`.
+//!
+//! # Why hand-written
+//! `oci-client` 0.18 (with `oci-spec` 0.10 and `docker_credential` 1.4) does the transport. These
+//! pieces stay ours because the maintained crates get them wrong for ironcore images; each gap is
+//! shown against a real registry in `tests/maintained_client_gaps.rs`, next to our handling:
+//! - **References** ([`Reference`]): `oci-spec`'s parser, which `oci-client` uses, normalises
+//!   `ubuntu:22.04` to `docker.io/library/ubuntu:22.04`, adds `latest` to a reference without tag,
+//!   and rejects a bracketed IPv6 host such as `[::1]:5000`. ironcore references need an explicit
+//!   host and no normalisation, so we parse them and hand `oci-client` the parts.
+//! - **Platform pick** (`manifest::pick_platform`): `oci-client`'s `platform_resolver` is fixed
+//!   per client and by default picks the platform of the machine the code runs on, so a two-entry index resolves without any architecture asked for, where ironcore
+//!   needs `NoPlatformMatch`. Its index entries also read architectures through `oci-spec`'s `Arch`,
+//!   which turns `armbe` into `arm64be`, while the rule compares the strings exactly. We fetch raw
+//!   documents and apply the rule to our string-typed structs.
+//! - **Document types**: `oci-client` accepts Docker manifests and manifest lists as if they were
+//!   OCI documents; ironcore accepts only OCI manifests and indexes. (It ignores the HTTP
+//!   `Content-Type` too, which is harmless: the shape decides every document without `mediaType`,
+//!   like the builder's per-arch manifests, and the registry refuses a Docker manifest without one.)
+//! - **Identity tokens**: `oci-client`'s `RegistryAuth` is anonymous, Basic or a ready bearer
+//!   token, and its token request is always a GET, so a Docker `identitytoken` cannot be used. We
+//!   do the OAuth2 `refresh_token` grant (a form POST to the challenge's realm) and hand
+//!   `oci-client` the resulting bearer token.
+//! - **Changed credentials**: an `oci-client` client keeps the first credentials it is given for a
+//!   registry and ignores later ones, so fixed credentials would never take effect in a long-running
+//!   daemon. We keep one client per (host, credentials).
+//! - **Plain HTTP for loopback**: `oci-client` reaches a fixed list of hosts over HTTP and
+//!   everything else over HTTPS; containerd's rule also reaches `localhost` and loopback addresses
+//!   over HTTP. We choose the protocol per host.
+//! - **The rootfs stream guard** (`stream`): `oci-client`'s blob stream checks the digest only:
+//!   a wrong descriptor size with the right digest passes, more bytes than described are read to
+//!   the end before anything fails, and a mismatch is an `io::Error` of kind `Other`. We count
+//!   the bytes against the descriptor and give the error kinds above.
+//! - **Time limits**: `oci-client` has only connect and per-read timeouts (none by default: it
+//!   waits forever for a registry that accepts and never answers); we bound each manifest, config
+//!   and token request as a whole and the wait for each body chunk.
+//!
+//! # TLS
+//! `oci-client` is built on `rustls` without a crypto provider of its own (the `ring` one is
+//! already in the workspace, through the other HTTP client); [`OciClient::new`] installs `ring` as
+//! the process default unless the process chose one before.
 
 mod auth;
 mod error;
@@ -62,7 +122,7 @@ pub use stream::digest_mismatch;
 
 use manifest::{parse_document, pick_platform};
 use reference::is_sha256_digest;
-use registry::RegistryClient;
+use registry::{RegistryClient, Session};
 
 /// How [`OciClient`] talks to registries.
 #[derive(Debug, Clone)]
@@ -105,37 +165,37 @@ impl Default for OciOptions {
 
 /// A reference resolved to its platform manifest, with the manifest itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvedManifest {
+struct ResolvedManifest {
     /// The repository pinned to the platform manifest (`host/repo@sha256:…`).
-    pub reference: Reference,
+    reference: Reference,
     /// Digest of the platform manifest (the snapshot id).
-    pub digest: String,
+    digest: String,
     /// The platform manifest.
-    pub manifest: Manifest,
+    manifest: Manifest,
 }
 
-/// [`ImageSource`] over OCI registries (see the module docs for the rules).
+/// Resolves ironcore image references and opens their rootfs (see the crate docs for the rules).
 pub struct OciClient {
     client: RegistryClient,
 }
 
 impl OciClient {
-    /// Builds a source. Fails only if a CA file cannot be read or the HTTP client cannot be built.
+    /// Builds a client. Fails only if a CA file cannot be read or the HTTP client cannot be built.
     pub fn new(opts: OciOptions) -> Result<OciClient, Error> {
         Ok(OciClient {
             client: RegistryClient::new(opts)?,
         })
     }
 
-    /// Resolves `reference` for `architecture` to its platform manifest (IRI.md §2.3).
-    pub async fn resolve_manifest(
+    /// Resolves `reference` for `architecture` to its platform manifest (crate docs, "Resolution").
+    async fn resolve_manifest(
         &self,
-        reference: &str,
+        session: &Session<'_>,
+        r: &Reference,
         architecture: Option<&str>,
     ) -> Result<ResolvedManifest, Error> {
-        let r = Reference::parse(reference)?;
         let architecture = architecture.filter(|a| !a.is_empty());
-        let top = self.fetch_document(&r, r.object()).await?;
+        let top = self.fetch_document(session, r, r.object()).await?;
         let (digest, manifest) = match top.1 {
             Document::Manifest(m) => (top.0, m),
             Document::Index(index) => {
@@ -153,7 +213,7 @@ impl OciClient {
                         entry.digest
                     )));
                 }
-                let (digest, doc) = self.fetch_document(&r, &entry.digest).await?;
+                let (digest, doc) = self.fetch_document(session, r, &entry.digest).await?;
                 match doc {
                     Document::Manifest(m) => (digest, m),
                     Document::Index(_) => {
@@ -175,31 +235,30 @@ impl OciClient {
     /// Fetches and parses one manifest-endpoint document; checks its digest when asked by digest.
     async fn fetch_document(
         &self,
+        session: &Session<'_>,
         r: &Reference,
         object: &str,
     ) -> Result<(String, Document), Error> {
-        let fetched = self.client.get_manifest(r, object).await?;
-        if object.starts_with("sha256:") && fetched.digest != object {
+        let (digest, body) = self.client.get_manifest(session, object).await?;
+        if object.starts_with("sha256:") && digest != object {
             return Err(Error::DigestMismatch(format!(
-                "manifest {}@{object}: content hashes to {}",
-                r.locator(),
-                fetched.digest
+                "manifest {}@{object}: content hashes to {digest}",
+                r.locator()
             )));
         }
-        let doc =
-            parse_document(fetched.content_type.as_deref(), &fetched.body).map_err(
-                |e| match e {
-                    Error::Malformed(m) => {
-                        Error::Malformed(format!("{}@{object}: {m}", r.locator()))
-                    }
-                    other => other,
-                },
-            )?;
-        Ok((fetched.digest, doc))
+        let doc = parse_document(&body).map_err(|e| match e {
+            Error::Malformed(m) => Error::Malformed(format!("{}@{object}: {m}", r.locator())),
+            other => other,
+        })?;
+        Ok((digest, doc))
     }
 
     /// Fetches and parses the config blob of a resolved manifest.
-    pub async fn config(&self, resolved: &ResolvedManifest) -> Result<ImageConfig, Error> {
+    async fn config(
+        &self,
+        session: &Session<'_>,
+        resolved: &ResolvedManifest,
+    ) -> Result<ImageConfig, Error> {
         let c = &resolved.manifest.config;
         if !is_sha256_digest(&c.digest) {
             return Err(Error::Malformed(format!(
@@ -209,13 +268,15 @@ impl OciClient {
         }
         let body = self
             .client
-            .get_small_blob(&resolved.reference, &c.digest, c.size)
+            .get_small_blob(session, &c.digest, c.size)
             .await?;
         ImageConfig::parse(&body)
     }
 
     async fn open(&self, reference: &str, architecture: Option<&str>) -> Result<Rootfs, Error> {
-        let resolved = self.resolve_manifest(reference, architecture).await?;
+        let r = Reference::parse(reference)?;
+        let session = self.client.session(&r).await?;
+        let resolved = self.resolve_manifest(&session, &r, architecture).await?;
         let layers = Layers::classify(&resolved.manifest.layers);
         let rootfs = layers
             .rootfs()
@@ -227,12 +288,9 @@ impl OciClient {
                 rootfs.digest
             )));
         }
-        self.config(&resolved).await?;
-        let resp = self
-            .client
-            .get_blob(&resolved.reference, &rootfs.digest)
-            .await?;
-        if let Some(len) = resp.content_length() {
+        self.config(&session, &resolved).await?;
+        let blob = self.client.get_blob(&session, &rootfs.digest).await?;
+        if let Some(len) = blob.content_length {
             if len != rootfs.size {
                 return Err(Error::DigestMismatch(format!(
                     "blob {}: registry sends {len} bytes, the descriptor says {}",
@@ -241,11 +299,11 @@ impl OciClient {
             }
         }
         debug!(digest = %rootfs.digest, size = rootfs.size, "streaming rootfs");
-        let data = stream::verifying(
-            resp.bytes_stream(),
+        let data = stream::guard(
+            blob.stream,
             &rootfs.digest,
             rootfs.size,
-            self.client_read_timeout(),
+            self.client.read_timeout(),
         );
         Ok(Rootfs {
             size: rootfs.size,
@@ -255,12 +313,6 @@ impl OciClient {
         })
     }
 
-    fn client_read_timeout(&self) -> Duration {
-        self.client.read_timeout()
-    }
-}
-
-impl OciClient {
     /// Resolves `reference` (tag or digest) for `architecture` (`None`: an index must have
     /// exactly one entry) to the platform manifest digest.
     pub async fn resolve(
@@ -270,10 +322,12 @@ impl OciClient {
     ) -> Result<ResolvedImage, Error> {
         let span = info_span!("oci_resolve", reference, architecture);
         async {
-            let r = self.resolve_manifest(reference, architecture).await?;
+            let r = Reference::parse(reference)?;
+            let session = self.client.session(&r).await?;
+            let resolved = self.resolve_manifest(&session, &r, architecture).await?;
             Ok(ResolvedImage {
-                locator: r.reference.locator(),
-                digest: r.digest,
+                locator: resolved.reference.locator(),
+                digest: resolved.digest,
             })
         }
         .instrument(span)
@@ -288,5 +342,20 @@ impl OciClient {
     ) -> Result<Rootfs, Error> {
         let span = info_span!("oci_open_rootfs", reference, architecture);
         self.open(reference, architecture).instrument(span).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn the_client_futures_can_move_between_threads() {
+        // The volume provider runs them on a multi-threaded runtime behind `async_trait`.
+        let client = OciClient::new(OciOptions::default()).expect("client");
+        assert_send(&client.resolve("h/r:t", None));
+        assert_send(&client.open_rootfs("h/r:t", None));
     }
 }

@@ -1,6 +1,10 @@
 //! The documents of an ironcore OS image: media types, manifest/index/descriptor shapes, the
-//! detection of a fetched document's type (Content-Type, `mediaType` or shape), the platform pick of
-//! IRI.md §2.3 and the layer classification of §2.1.
+//! detection of a fetched document's type (`mediaType` or shape), the platform pick and the layer
+//! classification. Owns no I/O: the bytes come from the transport in `registry`.
+//!
+//! The shapes are our own string-typed structs rather than `oci-client`'s: its index entries carry
+//! `oci-spec`'s `Arch` enum, which reads the architecture `armbe` as `arm64be`, while the platform
+//! rule compares architecture strings exactly (see the crate docs, "Why hand-written").
 
 use std::collections::BTreeMap;
 
@@ -50,13 +54,6 @@ pub mod media_types {
     pub const UKI: &str = "application/vnd.ironcore.image.uki";
     /// ISO layer.
     pub const ISO: &str = "application/vnd.ironcore.image.iso";
-
-    /// The `Accept` header value for manifest requests. Docker types are accepted on the wire only
-    /// to reject them with a clear error instead of a 404 from content negotiation.
-    pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-         application/vnd.oci.image.manifest.v1+json, \
-         application/vnd.docker.distribution.manifest.list.v2+json, \
-         application/vnd.docker.distribution.manifest.v2+json";
 }
 
 use media_types as mt;
@@ -139,34 +136,14 @@ pub enum Document {
     Index(Index),
 }
 
-/// Strips parameters and case from a `Content-Type` value.
-fn bare_media_type(ct: &str) -> String {
-    ct.split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
-}
-
-fn is_known_manifest_type(t: &str) -> bool {
-    [
-        mt::OCI_INDEX,
-        mt::OCI_MANIFEST,
-        mt::DOCKER_MANIFEST,
-        mt::DOCKER_MANIFEST_LIST,
-        mt::DOCKER_MANIFEST_V1,
-        mt::DOCKER_MANIFEST_V1_SIGNED,
-    ]
-    .contains(&t)
-}
-
 /// Decides what a manifest-endpoint body is and parses it.
 ///
-/// The type comes from the body's `mediaType` if present, else from the `Content-Type` header if it
-/// names a manifest type, else from the shape (`manifests` → index, `config`/`layers` → manifest).
-/// Docker manifests and lists, schema 1 and anything unknown are [`Error::Malformed`]
-/// ("unsupported media type").
-pub fn parse_document(content_type: Option<&str>, body: &[u8]) -> Result<Document, Error> {
+/// The type comes from the body's `mediaType` if present, else from the shape (`manifests` →
+/// index, `config`/`layers` → manifest). The HTTP `Content-Type` is not consulted: the transport
+/// (`oci-client`) does not hand it out, and the shape decides every document a registry stores
+/// without `mediaType` (see the crate docs). Docker manifests and lists, schema 1 and anything
+/// unknown are [`Error::Malformed`] ("unsupported media type").
+pub fn parse_document(body: &[u8]) -> Result<Document, Error> {
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| Error::Malformed(format!("manifest is not JSON: {e}")))?;
     let obj = value
@@ -176,14 +153,10 @@ pub fn parse_document(content_type: Option<&str>, body: &[u8]) -> Result<Documen
         .get("mediaType")
         .and_then(|v| v.as_str())
         .map(str::to_string);
-    let header_type = content_type
-        .map(bare_media_type)
-        .filter(|t| is_known_manifest_type(t));
     let schema_version = obj.get("schemaVersion").and_then(|v| v.as_u64());
 
-    let media_type = match (body_type, header_type) {
-        (Some(b), _) if !b.is_empty() => b,
-        (_, Some(h)) => h,
+    let media_type = match body_type {
+        Some(b) if !b.is_empty() => b,
         _ if schema_version == Some(1) => mt::DOCKER_MANIFEST_V1.to_string(),
         _ if obj.contains_key("manifests") => mt::OCI_INDEX.to_string(),
         _ if obj.contains_key("config") || obj.contains_key("layers") => {
@@ -217,7 +190,7 @@ pub fn parse_document(content_type: Option<&str>, body: &[u8]) -> Result<Documen
     }
 }
 
-/// Picks the index entry for `architecture` exactly as IRI.md §2.3: with an architecture, the first
+/// Picks the index entry for `architecture` by ironcore's rule: with an architecture, the first
 /// entry whose `platform.os == "linux"` and `platform.architecture` equal it exactly (variant
 /// ignored); without one, the only entry of a one-entry index. Anything else is
 /// [`Error::NoPlatformMatch`].
@@ -398,22 +371,19 @@ mod tests {
     }
 
     #[test]
-    fn a_manifest_without_media_type_is_detected_by_content_type_or_shape() {
+    fn a_manifest_without_media_type_is_detected_by_its_shape() {
         let body = br#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:00","size":2},"layers":[]}"#;
+        assert!(matches!(parse_document(body), Ok(Document::Manifest(_))));
+        let only_layers = br#"{"schemaVersion":2,"layers":[],"config":{"mediaType":"x","digest":"sha256:00","size":2}}"#;
         assert!(matches!(
-            parse_document(None, body),
-            Ok(Document::Manifest(_))
-        ));
-        assert!(matches!(
-            parse_document(Some("application/vnd.oci.image.manifest.v1+json"), body),
-            Ok(Document::Manifest(_))
-        ));
-        assert!(matches!(
-            parse_document(Some("application/json; charset=utf-8"), body),
+            parse_document(only_layers),
             Ok(Document::Manifest(_))
         ));
         let idx = br#"{"schemaVersion":2,"manifests":[]}"#;
-        assert!(matches!(parse_document(None, idx), Ok(Document::Index(_))));
+        assert!(matches!(parse_document(idx), Ok(Document::Index(_))));
+        // A body with a mediaType is taken by it.
+        let typed = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"x","digest":"sha256:00","size":2},"layers":[]}"#;
+        assert!(matches!(parse_document(typed), Ok(Document::Manifest(_))));
     }
 
     #[test]
@@ -422,29 +392,23 @@ mod tests {
         let list = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#;
         let v1 = br#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#;
         for body in [&v2[..], &list[..], &v1[..]] {
-            match parse_document(None, body) {
+            match parse_document(body) {
                 Err(Error::Malformed(m)) => assert!(m.contains("unsupported media type")),
                 other => panic!("expected Malformed, got {other:?}"),
             }
         }
-        // A docker Content-Type on a body without mediaType is rejected too.
-        let bare = br#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:00","size":2},"layers":[]}"#;
-        assert!(matches!(
-            parse_document(Some(mt::DOCKER_MANIFEST), bare),
-            Err(Error::Malformed(_))
-        ));
+        // Unknown media types are rejected too, whatever the shape.
+        let odd = br#"{"schemaVersion":2,"mediaType":"application/vnd.example+json","config":{"mediaType":"x","digest":"sha256:00","size":2},"layers":[]}"#;
+        assert!(matches!(parse_document(odd), Err(Error::Malformed(_))));
     }
 
     #[test]
     fn garbage_and_wrong_schema_versions_are_malformed() {
         for body in [&b"not json"[..], b"[1,2]", br#"{"foo":1}"#] {
-            assert!(matches!(
-                parse_document(None, body),
-                Err(Error::Malformed(_))
-            ));
+            assert!(matches!(parse_document(body), Err(Error::Malformed(_))));
         }
         let v3 = br#"{"schemaVersion":3,"manifests":[]}"#;
-        assert!(matches!(parse_document(None, v3), Err(Error::Malformed(_))));
+        assert!(matches!(parse_document(v3), Err(Error::Malformed(_))));
     }
 
     #[test]
@@ -469,6 +433,17 @@ mod tests {
             pick_platform(&idx, None),
             Err(Error::NoPlatformMatch(_))
         ));
+    }
+
+    #[test]
+    fn architectures_are_compared_as_written_even_where_oci_spec_renames_them() {
+        // oci-spec reads "armbe" as its `ARM64be`; the rule compares the strings.
+        let idx = index(vec![
+            entry("linux", "arm64be", None, 1),
+            entry("linux", "armbe", None, 2),
+        ]);
+        assert_eq!(pick_platform(&idx, Some("armbe")).unwrap().size, 2);
+        assert_eq!(pick_platform(&idx, Some("arm64be")).unwrap().size, 1);
     }
 
     #[test]

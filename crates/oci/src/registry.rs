@@ -1,125 +1,110 @@
-//! A small OCI distribution client over `reqwest`: manifest and blob GETs with token/basic auth,
-//! and the mapping of HTTP outcomes onto [`Error`] classes.
+//! The distribution transport: `oci-client` does the HTTP (manifest and blob GETs, anonymous and
+//! Basic bearer-token auth, HTTP Basic, digest checks of manifests and blobs); this module picks
+//! the `oci-client` [`Client`] for a host and its current credentials, adds the identity-token
+//! exchange `oci-client` lacks, bounds every request in time, and maps `oci-client`'s errors onto
+//! [`Error`] classes.
 //!
 //! | outcome | class |
 //! |---|---|
 //! | connect error, timeout, broken body, `408`, `429`, `5xx` | `Unavailable` (retryable) |
-//! | `401`/`403` after authenticating | `Unavailable` ("access denied": fix the credentials, it heals) |
-//! | `404` | `NotFound` |
-//! | `400` with `NAME_INVALID`/`TAG_INVALID` | `InvalidReference` |
-//! | any other status | `Malformed` |
+//! | `401`/`403`, `UNAUTHORIZED`/`DENIED`, refused token request | `Unavailable` ("access denied": fix the credentials, it heals) |
+//! | `404`, `MANIFEST_UNKNOWN`/`NAME_UNKNOWN`/`BLOB_UNKNOWN` | `NotFound` |
+//! | `NAME_INVALID`/`TAG_INVALID` | `InvalidReference` |
+//! | body or header digest differs from the content | `DigestMismatch` (retryable) |
+//! | any other status or unparsable answer | `Malformed` |
+//!
+//! One [`Client`] per (host, credentials): `oci-client` keeps the first credentials it is given for
+//! a registry for the life of a client and never replaces them, so a client is reused only while
+//! the Docker config still yields the same credentials (see the crate docs, "Why hand-written").
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::Error;
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{
-    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE,
-};
-use reqwest::{Response, StatusCode};
-use serde::Deserialize;
+use futures::StreamExt;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::Client;
 use sha2::{Digest as _, Sha256};
 use tracing::debug;
 
-use super::auth::{self, Challenge, Credentials};
-use super::manifest::media_types;
-use super::reference::Reference;
-use super::OciOptions;
+use crate::auth::{self, Challenge, Credentials};
+use crate::manifest::media_types;
+use crate::{Error, OciOptions, Reference};
 
-/// Largest manifest or index accepted (the distribution spec suggests 4 MiB).
+/// Manifests larger than this are refused (registries themselves refuse more than 4 MiB).
 const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
-/// Largest config blob accepted.
+/// Config blobs larger than this are refused.
 pub(crate) const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
-/// Token lifetime when the token endpoint does not say.
-const DEFAULT_TOKEN_SECS: u64 = 60;
+/// At most this many `oci-client` clients are kept (one per host and credentials).
+const MAX_CLIENTS: usize = 32;
 
-/// A fetched manifest-endpoint document.
-pub(crate) struct FetchedManifest {
-    /// `Content-Type` of the response.
-    pub content_type: Option<String>,
-    /// The raw body.
-    pub body: Bytes,
-    /// `sha256:<hex>` of the body.
-    pub digest: String,
-}
+/// What the manifest requests accept. Docker types are accepted on the wire only to reject them
+/// with a clear error instead of a 404 from content negotiation.
+const MANIFEST_ACCEPT: &[&str] = &[
+    media_types::OCI_INDEX,
+    media_types::OCI_MANIFEST,
+    media_types::DOCKER_MANIFEST_LIST,
+    media_types::DOCKER_MANIFEST,
+];
 
-#[derive(Clone)]
-struct CachedAuth {
-    header: HeaderValue,
-    expires: Option<Instant>,
-}
-
-/// The HTTP side of [`super::OciImageSource`].
+/// The registry side of [`crate::OciClient`].
 pub(crate) struct RegistryClient {
-    http: reqwest::Client,
     opts: OciOptions,
-    /// Authorization per `host/repository`.
-    auth_cache: Mutex<HashMap<String, CachedAuth>>,
+    certificates: Vec<Certificate>,
+    user_agent: &'static str,
+    /// For the identity-token exchange only (challenge probe and refresh grant).
+    http: reqwest::Client,
+    clients: Mutex<Vec<(String, RegistryAuth, Client)>>,
+    /// Bearer tokens from identity-token exchanges, by `host/repository`.
+    exchanged: Mutex<HashMap<String, (String, Instant)>>,
 }
 
-#[derive(Deserialize)]
-struct ErrorEnvelope {
-    #[serde(default)]
-    errors: Vec<ErrorEntry>,
-}
-
-#[derive(Deserialize)]
-struct ErrorEntry {
-    #[serde(default)]
-    code: String,
-    #[serde(default)]
-    message: String,
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default)]
-    access_token: Option<String>,
-    #[serde(default)]
-    expires_in: Option<u64>,
-}
-
-/// Classifies a transport-level failure.
-pub(crate) fn transport_error(what: &str, e: &reqwest::Error) -> Error {
-    if e.is_builder() {
-        return Error::InvalidReference(format!("{what}: {e}"));
-    }
-    let mut msg = format!("{what}: {e}");
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    Error::Unavailable(msg)
+/// A [`Client`] and the credentials to send, for one reference's repository.
+pub(crate) struct Session<'a> {
+    client: Client,
+    auth: RegistryAuth,
+    reference: &'a Reference,
 }
 
 impl RegistryClient {
+    /// Reads the CA files and builds the HTTP client of the token exchange.
     pub(crate) fn new(opts: OciOptions) -> Result<RegistryClient, Error> {
+        // oci-client's reqwest is built without a TLS crypto provider of its own: install ring as
+        // the process default (a no-op if the process already chose one).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut certificates = Vec::new();
         let mut b = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
             .user_agent(opts.user_agent.clone())
             .danger_accept_invalid_certs(opts.insecure_skip_tls_verify);
         for path in &opts.ca_certificates {
             let pem = std::fs::read(path).map_err(|e| {
-                Error::Unavailable(format!("CA certificate {}: {e}", path.display()))
+                Error::Unavailable(format!("cannot read CA file {}: {e}", path.display()))
             })?;
             let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
                 Error::Unavailable(format!("CA certificate {}: {e}", path.display()))
             })?;
             b = b.add_root_certificate(cert);
+            certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem,
+            });
         }
         let http = b
             .build()
             .map_err(|e| Error::Unavailable(format!("cannot build HTTP client: {e}")))?;
+        // oci-client wants a 'static User-Agent: leak the one string once per OciClient.
+        let user_agent: &'static str = Box::leak(opts.user_agent.clone().into_boxed_str());
         Ok(RegistryClient {
-            http,
             opts,
-            auth_cache: Mutex::new(HashMap::new()),
+            certificates,
+            user_agent,
+            http,
+            clients: Mutex::new(Vec::new()),
+            exchanged: Mutex::new(HashMap::new()),
         })
     }
 
@@ -128,290 +113,285 @@ impl RegistryClient {
         self.opts.read_timeout
     }
 
-    /// `http` for plain-HTTP hosts (the configured list, and loopback hosts when allowed), else
-    /// `https`.
-    fn scheme(&self, host: &str) -> &'static str {
-        if self.opts.plain_http.iter().any(|h| h == host)
+    /// Whether `host` is reached over plain HTTP: the configured list, and loopback hosts when
+    /// allowed (containerd's rule). `oci-client` only knows a fixed list.
+    fn plain_http(&self, host: &str) -> bool {
+        self.opts.plain_http.iter().any(|h| h == host)
             || (self.opts.plain_http_localhost && is_loopback_host(host))
-        {
-            "http"
-        } else {
-            "https"
-        }
     }
 
-    fn url(&self, r: &Reference, kind: &str, object: &str) -> String {
-        format!(
-            "{}://{}/v2/{}/{}/{}",
-            self.scheme(r.host()),
-            r.host(),
-            r.repository(),
-            kind,
-            object
-        )
-    }
-
-    /// GETs the manifest or index `object` (tag or digest) of `r`'s repository.
-    pub(crate) async fn get_manifest(
-        &self,
-        r: &Reference,
-        object: &str,
-    ) -> Result<FetchedManifest, Error> {
-        let url = self.url(r, "manifests", object);
-        let what = format!("manifest {}@{object}", r.locator());
-        let resp = self
-            .get(
-                r,
-                &url,
-                Some(media_types::MANIFEST_ACCEPT),
-                Some(self.opts.request_timeout),
-                &what,
-            )
-            .await?;
-        let content_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
-        let header_digest = header_str(resp.headers(), "docker-content-digest");
-        let body = read_limited(resp, MAX_MANIFEST_BYTES, &what).await?;
-        let digest = sha256_digest(&body);
-        if let Some(h) = header_digest.filter(|h| h.starts_with("sha256:")) {
-            if h != digest {
-                return Err(Error::DigestMismatch(format!(
-                    "{what}: body hashes to {digest} but the registry says {h}"
-                )));
-            }
-        }
-        Ok(FetchedManifest {
-            content_type,
-            body,
-            digest,
-        })
-    }
-
-    /// GETs a small blob (the config) completely, checking size and digest.
-    pub(crate) async fn get_small_blob(
-        &self,
-        r: &Reference,
-        digest: &str,
-        size: u64,
-    ) -> Result<Bytes, Error> {
-        let what = format!("blob {}@{digest}", r.locator());
-        if size > MAX_CONFIG_BYTES {
-            return Err(Error::Malformed(format!(
-                "{what}: {size} bytes is too large for a config"
-            )));
-        }
-        let resp = self.get_blob(r, digest).await?;
-        let body = read_limited(resp, MAX_CONFIG_BYTES as usize, &what).await?;
-        let actual = sha256_digest(&body);
-        if actual != digest || body.len() as u64 != size {
-            return Err(Error::DigestMismatch(format!(
-                "{what}: got {} bytes hashing to {actual}, expected {size} bytes",
-                body.len()
-            )));
-        }
-        Ok(body)
-    }
-
-    /// GETs a blob and returns the response once its status is 200 (body not read yet).
-    pub(crate) async fn get_blob(&self, r: &Reference, digest: &str) -> Result<Response, Error> {
-        let url = self.url(r, "blobs", digest);
-        let what = format!("blob {}@{digest}", r.locator());
-        // No total timeout: a rootfs can take minutes. The body is guarded by the idle timeout.
-        let timeout = self.opts.connect_timeout + self.opts.read_timeout;
-        let fut = self.get(r, &url, None, None, &what);
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| Error::Unavailable(format!("{what}: no response within {timeout:?}")))?
-    }
-
-    /// One authenticated GET: uses the cached authorization, answers one challenge, maps statuses.
-    async fn get(
-        &self,
-        r: &Reference,
-        url: &str,
-        accept: Option<&str>,
-        timeout: Option<Duration>,
-        what: &str,
-    ) -> Result<Response, Error> {
-        let key = r.locator();
-        let mut authorization = self.cached_auth(&key);
-        let mut challenged = false;
-        loop {
-            let mut req = self.http.get(url);
-            if let Some(a) = accept {
-                req = req.header(ACCEPT, a);
-            }
-            if let Some(t) = timeout {
-                req = req.timeout(t);
-            }
-            if let Some(h) = &authorization {
-                req = req.header(AUTHORIZATION, h.clone());
-            }
-            debug!(%url, "GET");
-            let resp = req.send().await.map_err(|e| transport_error(what, &e))?;
-            let status = resp.status();
-            if status == StatusCode::UNAUTHORIZED && !challenged {
-                challenged = true;
-                let challenge = header_str(resp.headers(), WWW_AUTHENTICATE.as_str())
-                    .and_then(|h| auth::parse_challenge(&h));
-                if let Some(challenge) = challenge {
-                    if let Some(h) = self.authorize(r, &challenge, what).await? {
-                        authorization = Some(h);
-                        continue;
-                    }
-                }
-            }
-            if status.is_success() {
-                return Ok(resp);
-            }
-            return Err(status_error(what, resp).await);
-        }
-    }
-
-    fn cached_auth(&self, key: &str) -> Option<HeaderValue> {
-        let mut cache = self.auth_cache.lock().unwrap_or_else(|p| p.into_inner());
-        match cache.get(key) {
-            Some(c) if c.expires.is_none_or(|e| e > Instant::now()) => Some(c.header.clone()),
-            Some(_) => {
-                cache.remove(key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Answers a challenge: returns the `Authorization` value to retry with (cached), or `None`
-    /// when there is nothing to try (no credentials for a Basic challenge).
-    async fn authorize(
-        &self,
-        r: &Reference,
-        challenge: &Challenge,
-        what: &str,
-    ) -> Result<Option<HeaderValue>, Error> {
+    /// The credentials of `r`'s host as they are now, and the client that sends them.
+    pub(crate) async fn session<'a>(&self, r: &'a Reference) -> Result<Session<'a>, Error> {
         let config = auth::docker_config_path(self.opts.docker_config.as_deref());
         let creds = auth::lookup(config.as_deref(), r.host()).await?;
         debug!(
             host = r.host(),
             has_credentials = creds.is_some(),
-            ?challenge,
-            "registry asks to authenticate"
+            "registry credentials"
         );
-        let (header, expires) = match (challenge, &creds) {
-            (_, Some(Credentials::RegistryToken(t))) => (bearer(t)?, None),
-            (Challenge::Basic, Some(Credentials::Basic { username, password })) => {
-                (basic(username, password)?, None)
+        let auth = match creds {
+            None => RegistryAuth::Anonymous,
+            Some(Credentials::Basic { username, password }) => {
+                RegistryAuth::Basic(username, password)
             }
-            (Challenge::Basic, _) => return Ok(None),
-            (Challenge::Bearer { realm, service, .. }, creds) => {
-                let scope = format!("repository:{}:pull", r.repository());
-                let (token, secs) = self
-                    .fetch_token(realm, service.as_deref(), &scope, creds.as_ref(), what)
-                    .await?;
-                // Renew a little early.
-                let life = Duration::from_secs(secs.max(10)) - Duration::from_secs(5);
-                (bearer(&token)?, Some(Instant::now() + life))
-            }
+            Some(Credentials::IdentityToken(refresh)) => self.identity_auth(r, &refresh).await?,
         };
-        let mut cache = self.auth_cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.insert(
-            r.locator(),
-            CachedAuth {
-                header: header.clone(),
-                expires,
-            },
-        );
-        Ok(Some(header))
+        let client = self.client_for(r.host(), &auth)?;
+        Ok(Session {
+            client,
+            auth,
+            reference: r,
+        })
     }
 
-    /// Gets a bearer token at `realm` (GET with optional Basic credentials, or the OAuth2 refresh
-    /// token grant for identity tokens).
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-        creds: Option<&Credentials>,
-        what: &str,
-    ) -> Result<(String, u64), Error> {
-        let what = format!("{what}: token from {realm}");
-        let mut url = reqwest::Url::parse(realm)
-            .map_err(|e| Error::Unavailable(format!("{what}: invalid realm: {e}")))?;
-        let req = match creds {
-            Some(Credentials::IdentityToken(refresh)) => {
-                let mut form = reqwest::Url::parse("http://form.invalid/")
-                    .map_err(|e| Error::Unavailable(format!("{what}: {e}")))?;
-                {
-                    let mut q = form.query_pairs_mut();
-                    q.append_pair("grant_type", "refresh_token");
-                    q.append_pair("refresh_token", refresh);
-                    q.append_pair("client_id", "cephvol");
-                    q.append_pair("scope", scope);
-                    if let Some(s) = service {
-                        q.append_pair("service", s);
-                    }
-                }
-                let body = form.query().unwrap_or("").to_string();
-                self.http
-                    .post(url)
-                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(body)
-            }
-            other => {
-                {
-                    let mut q = url.query_pairs_mut();
-                    q.append_pair("scope", scope);
-                    if let Some(s) = service {
-                        q.append_pair("service", s);
-                    }
-                }
-                let req = self.http.get(url);
-                match other {
-                    Some(Credentials::Basic { username, password }) => {
-                        req.basic_auth(username, Some(password))
-                    }
-                    _ => req,
-                }
-            }
+    /// The client for `host` sending `auth`, reused while both are the same.
+    fn client_for(&self, host: &str, auth: &RegistryAuth) -> Result<Client, Error> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, c)) = clients.iter().find(|(h, a, _)| h == host && a == auth) {
+            return Ok(c.clone());
+        }
+        let config = ClientConfig {
+            protocol: if self.plain_http(host) {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            accept_invalid_certificates: self.opts.insecure_skip_tls_verify,
+            extra_root_certificates: self.certificates.clone(),
+            // Index resolution is ironcore's rule, done by the caller.
+            platform_resolver: None,
+            connect_timeout: Some(self.opts.connect_timeout),
+            // The guards of this crate time requests and body chunks (deterministic error kinds).
+            read_timeout: None,
+            user_agent: self.user_agent,
+            ..ClientConfig::default()
         };
-        let resp = req
+        let client = Client::try_from(config)
+            .map_err(|e| Error::Unavailable(format!("cannot build registry client: {e}")))?;
+        if clients.len() >= MAX_CLIENTS {
+            clients.remove(0);
+        }
+        clients.push((host.to_string(), auth.clone(), client.clone()));
+        Ok(client)
+    }
+
+    /// Exchanges an identity token for a bearer token for `r`'s repository (cached until shortly
+    /// before it expires). A registry that offers no bearer tokens gets anonymous requests.
+    async fn identity_auth(&self, r: &Reference, refresh: &str) -> Result<RegistryAuth, Error> {
+        let key = r.locator();
+        if let Some((token, until)) = self
+            .exchanged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            if *until > Instant::now() {
+                return Ok(RegistryAuth::Bearer(token.clone()));
+            }
+        }
+        let scheme = if self.plain_http(r.host()) {
+            "http"
+        } else {
+            "https"
+        };
+        let probe = format!("{scheme}://{}/v2/", r.host());
+        let resp = self
+            .http
+            .get(&probe)
             .timeout(self.opts.request_timeout)
             .send()
             .await
-            .map_err(|e| transport_error(&what, &e))?;
-        if !resp.status().is_success() {
-            return Err(status_error(&what, resp).await);
+            .map_err(|e| Error::Unavailable(format!("GET {probe}: {e}")))?;
+        let challenge = resp
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(auth::parse_challenge);
+        let Some(Challenge::Bearer { realm, service, .. }) = challenge else {
+            debug!(
+                host = r.host(),
+                "no bearer challenge: identity token unused"
+            );
+            return Ok(RegistryAuth::Anonymous);
+        };
+        let scope = format!("repository:{}:pull", r.repository());
+        let (token, life) = auth::exchange_identity_token(
+            &self.http,
+            &realm,
+            service.as_deref(),
+            &scope,
+            refresh,
+            self.opts.request_timeout,
+        )
+        .await?;
+        // Renew a little early.
+        let life = life.max(Duration::from_secs(10)) - Duration::from_secs(5);
+        let mut exchanged = self.exchanged.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        exchanged.retain(|_, (_, until)| *until > now);
+        exchanged.insert(key, (token.clone(), now + life));
+        Ok(RegistryAuth::Bearer(token))
+    }
+
+    /// GETs the manifest or index `object` (tag or digest); returns its sha256 digest and body.
+    /// `oci-client` checks the body against a digest `object` and against `Docker-Content-Digest`.
+    pub(crate) async fn get_manifest(
+        &self,
+        s: &Session<'_>,
+        object: &str,
+    ) -> Result<(String, Bytes), Error> {
+        let what = format!("manifest {}@{object}", s.reference.locator());
+        let image = oci_reference(s.reference, object);
+        let fetch = s.client.pull_manifest_raw(&image, &s.auth, MANIFEST_ACCEPT);
+        let (body, _) = tokio::time::timeout(self.opts.request_timeout, fetch)
+            .await
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "{what}: no answer within {:?}",
+                    self.opts.request_timeout
+                ))
+            })?
+            .map_err(|e| classify(&what, e))?;
+        if body.len() > MAX_MANIFEST_BYTES {
+            return Err(Error::Malformed(format!(
+                "{what}: larger than {MAX_MANIFEST_BYTES} bytes"
+            )));
         }
-        let body = read_limited(resp, 1024 * 1024, &what).await?;
-        let t: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| Error::Unavailable(format!("{what}: invalid token response: {e}")))?;
-        let token = t
-            .access_token
-            .filter(|t| !t.is_empty())
-            .or(t.token.filter(|t| !t.is_empty()))
-            .ok_or_else(|| Error::Unavailable(format!("{what}: no token in response")))?;
-        Ok((token, t.expires_in.unwrap_or(DEFAULT_TOKEN_SECS)))
+        Ok((sha256_digest(&body), body))
+    }
+
+    /// GETs a small blob (the config) completely, checking size and digest.
+    pub(crate) async fn get_small_blob(
+        &self,
+        s: &Session<'_>,
+        digest: &str,
+        size: u64,
+    ) -> Result<Bytes, Error> {
+        let what = format!("blob {}@{digest}", s.reference.locator());
+        if size > MAX_CONFIG_BYTES {
+            return Err(Error::Malformed(format!(
+                "{what}: {size} bytes is too large for a config"
+            )));
+        }
+        let blob = self.get_blob(s, digest).await?;
+        let mut data = crate::stream::guard(blob.stream, digest, size, self.opts.read_timeout);
+        let mut body = BytesMut::new();
+        let read = async {
+            while let Some(chunk) = data.next().await {
+                body.extend_from_slice(&chunk?);
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        match tokio::time::timeout(self.opts.request_timeout, read).await {
+            Err(_) => Err(Error::Unavailable(format!(
+                "{what}: not read within {:?}",
+                self.opts.request_timeout
+            ))),
+            Ok(Err(e)) => Err(e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<Error>())
+                .cloned()
+                .unwrap_or_else(|| Error::Unavailable(format!("{what}: {e}")))),
+            Ok(Ok(())) => Ok(body.freeze()),
+        }
+    }
+
+    /// GETs a blob: its digest-verifying body stream, once the registry answered 200.
+    pub(crate) async fn get_blob(
+        &self,
+        s: &Session<'_>,
+        digest: &str,
+    ) -> Result<oci_client::client::SizedStream, Error> {
+        let what = format!("blob {}@{digest}", s.reference.locator());
+        let image = oci_reference(s.reference, digest);
+        // Make sure the client holds the session's credentials (blob pulls take none).
+        s.client
+            .store_auth_if_needed(image.resolve_registry(), &s.auth)
+            .await;
+        // No total timeout: a rootfs can take minutes. The body is guarded by the idle timeout.
+        let timeout = self.opts.connect_timeout + self.opts.read_timeout;
+        tokio::time::timeout(timeout, s.client.pull_blob_stream(&image, digest))
+            .await
+            .map_err(|_| Error::Unavailable(format!("{what}: no response within {timeout:?}")))?
+            .map_err(|e| classify(&what, e))
     }
 }
 
-fn bearer(token: &str) -> Result<HeaderValue, Error> {
-    let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| Error::Unavailable("token is not a valid header value".into()))?;
-    v.set_sensitive(true);
-    Ok(v)
+/// `r`'s repository at `object` (tag or digest) as an `oci-client` reference, built from the parts
+/// so that `oci-spec`'s normalisation never applies.
+fn oci_reference(r: &Reference, object: &str) -> oci_client::Reference {
+    let (host, repo) = (r.host().to_string(), r.repository().to_string());
+    if object.starts_with("sha256:") {
+        oci_client::Reference::with_digest(host, repo, object.to_string())
+    } else {
+        oci_client::Reference::with_tag(host, repo, object.to_string())
+    }
 }
 
-fn basic(user: &str, pass: &str) -> Result<HeaderValue, Error> {
-    use base64::Engine as _;
-    let enc = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-    let mut v = HeaderValue::from_str(&format!("Basic {enc}"))
-        .map_err(|_| Error::Unavailable("credentials are not a valid header value".into()))?;
-    v.set_sensitive(true);
-    Ok(v)
-}
-
-fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+/// Maps an `oci-client` error onto an error class (see the module docs).
+fn classify(what: &str, e: OciDistributionError) -> Error {
+    use OciDistributionError as E;
+    let denied =
+        |m: String| Error::Unavailable(format!("access denied (check registry credentials): {m}"));
+    let msg = format!("{what}: {e}");
+    match e {
+        E::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|x| &x.code).collect();
+            let any = |want: &[OciErrorCode]| codes.iter().any(|c| want.contains(c));
+            if any(&[
+                OciErrorCode::ManifestUnknown,
+                OciErrorCode::NameUnknown,
+                OciErrorCode::BlobUnknown,
+                OciErrorCode::NotFound,
+            ]) {
+                Error::NotFound(msg)
+            } else if any(&[OciErrorCode::NameInvalid, OciErrorCode::TagInvalid]) {
+                Error::InvalidReference(msg)
+            } else if any(&[OciErrorCode::Unauthorized, OciErrorCode::Denied]) {
+                denied(msg)
+            } else if any(&[OciErrorCode::Toomanyrequests]) {
+                Error::Unavailable(msg)
+            } else {
+                Error::Malformed(msg)
+            }
+        }
+        E::ServerError { code, .. } => match code {
+            404 => Error::NotFound(msg),
+            401 | 403 => denied(msg),
+            408 | 429 | 500..=599 => Error::Unavailable(msg),
+            _ => Error::Malformed(msg),
+        },
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => denied(msg),
+        E::DigestError(DigestError::VerificationError { .. }) => Error::DigestMismatch(msg),
+        E::RequestError(_)
+        | E::IoError(_)
+        | E::RegistryTokenDecodeError(_)
+        | E::GenericError(_) => Error::Unavailable(msg),
+        E::UnsupportedMediaTypeError(_) => {
+            Error::Malformed(format!("{what}: unsupported media type: {e}"))
+        }
+        E::UnsupportedSchemaVersionError(1) => Error::Malformed(format!(
+            "{what}: unsupported media type (Docker schema 1 manifest)"
+        )),
+        E::DigestError(_)
+        | E::ConfigConversionError(_)
+        | E::HeaderValueError(_)
+        | E::ImageManifestNotFoundError(_)
+        | E::ImageIndexParsingNoPlatformResolverError
+        | E::IncompatibleLayerMediaTypeError(_)
+        | E::JsonError(_)
+        | E::ManifestEncodingError(_)
+        | E::ManifestParsingError(_)
+        | E::PushNoDataError
+        | E::PushLayerNoDataError
+        | E::PullNoLayersError
+        | E::RegistryNoDigestError
+        | E::RegistryNoLocationError
+        | E::SpecViolationError(_)
+        | E::UrlParseError(_)
+        | E::UnsupportedSchemaVersionError(_)
+        | E::VersionedParsingError(_) => Error::Malformed(msg),
+    }
 }
 
 /// `sha256:<hex>` of `data`.
@@ -431,64 +411,6 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Reads a whole body, failing if it is larger than `limit`.
-async fn read_limited(mut resp: Response, limit: usize, what: &str) -> Result<Bytes, Error> {
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(Error::Malformed(format!(
-            "{what}: larger than {limit} bytes"
-        )));
-    }
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(what, &e))? {
-        if buf.len() + chunk.len() > limit {
-            return Err(Error::Malformed(format!(
-                "{what}: larger than {limit} bytes"
-            )));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
-}
-
-/// Maps an unsuccessful response onto an error class (see the module docs).
-async fn status_error(what: &str, resp: Response) -> Error {
-    let status = resp.status();
-    let body = read_limited(resp, 64 * 1024, what)
-        .await
-        .unwrap_or_default();
-    let envelope: Option<ErrorEnvelope> = serde_json::from_slice(&body).ok();
-    let codes: Vec<String> = envelope
-        .as_ref()
-        .map(|e| e.errors.iter().map(|x| x.code.clone()).collect())
-        .unwrap_or_default();
-    let detail = match &envelope {
-        Some(e) if !e.errors.is_empty() => e
-            .errors
-            .iter()
-            .map(|x| format!("{}: {}", x.code, x.message))
-            .collect::<Vec<_>>()
-            .join("; "),
-        _ => String::from_utf8_lossy(&body).chars().take(200).collect(),
-    };
-    let msg = format!("{what}: HTTP {status}: {detail}");
-    match status {
-        StatusCode::NOT_FOUND => Error::NotFound(msg),
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            Error::Unavailable(format!("access denied (check registry credentials): {msg}"))
-        }
-        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => Error::Unavailable(msg),
-        s if s.is_server_error() => Error::Unavailable(msg),
-        StatusCode::BAD_REQUEST
-            if codes
-                .iter()
-                .any(|c| c == "NAME_INVALID" || c == "TAG_INVALID") =>
-        {
-            Error::InvalidReference(msg)
-        }
-        _ => Error::Malformed(msg),
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,16 @@
-//! The verifying blob stream: passes chunks through as they arrive (never buffers the layer),
-//! counts and hashes them, and ends with an `InvalidData` error instead of a clean end when the size
-//! or the sha256 digest differs from the descriptor.
+//! The rootfs stream guard: passes chunks through as they arrive (never buffers the layer), counts
+//! them against the descriptor size, bounds the wait for each chunk, and turns every failure into
+//! the `io::Error` the crate promises.
+//!
+//! The sha256 check itself is `oci-client`'s: its blob stream hashes the body and ends with an
+//! `io::Error` of kind `Other` wrapping [`oci_client::errors::DigestError`] on a mismatch. This
+//! guard adds what that stream does not do (see the crate docs, "Why hand-written"):
+//! - the descriptor size: more bytes than described fail at once (a broken or hostile registry
+//!   cannot push a volume past the layer size), fewer fail at the end, and a wrong size with the
+//!   right digest fails too;
+//! - the kind: a digest or size mismatch is `InvalidData` wrapping [`Error::DigestMismatch`], a
+//!   stall longer than the idle timeout is `TimedOut` wrapping [`Error::Unavailable`], a broken
+//!   body is `Other` wrapping [`Error::Unavailable`].
 
 use std::io;
 use std::time::Duration;
@@ -9,11 +19,10 @@ use crate::BlobStream;
 use crate::Error;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use sha2::{Digest as _, Sha256};
+use oci_client::errors::DigestError;
 
 struct State<S> {
     inner: S,
-    hasher: Sha256,
     seen: u64,
     expected_digest: String,
     expected_size: u64,
@@ -27,21 +36,29 @@ pub fn digest_mismatch(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, Error::DigestMismatch(msg))
 }
 
-/// Wraps a body stream. Transport failures become `io::Error`s wrapping
-/// [`Error::Unavailable`] (kind `TimedOut` when no chunk arrived within `idle`).
-pub fn verifying<S, E>(
-    inner: S,
-    expected_digest: &str,
-    expected_size: u64,
-    idle: Duration,
-) -> BlobStream
+/// Maps an error of the inner (digest-verifying) stream: a digest verdict becomes
+/// [`digest_mismatch`], anything else a broken download ([`Error::Unavailable`]).
+fn inner_error(st: &State<impl Sized>, e: io::Error) -> io::Error {
+    match e.get_ref().and_then(|i| i.downcast_ref::<DigestError>()) {
+        Some(DigestError::VerificationError { actual, .. }) => digest_mismatch(format!(
+            "blob {}: content hashes to {actual}",
+            st.expected_digest
+        )),
+        _ => io::Error::other(Error::Unavailable(format!(
+            "blob {}: download failed after {} bytes: {e}",
+            st.expected_digest, st.seen
+        ))),
+    }
+}
+
+/// Guards a digest-verifying body stream (see the module docs). `expected_digest` only names the
+/// blob in messages.
+pub fn guard<S>(inner: S, expected_digest: &str, expected_size: u64, idle: Duration) -> BlobStream
 where
-    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
-    E: std::fmt::Display + Send + 'static,
+    S: Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static,
 {
     let state = State {
         inner,
-        hasher: Sha256::new(),
         seen: 0,
         expected_digest: expected_digest.to_string(),
         expected_size,
@@ -77,30 +94,19 @@ where
                     ));
                     return Some((Err(err), st));
                 }
-                st.hasher.update(&chunk);
                 Some((Ok(chunk), st))
             }
             Some(Err(e)) => {
                 st.done = true;
-                let err = io::Error::other(Error::Unavailable(format!(
-                    "blob {}: download failed after {} bytes: {e}",
-                    st.expected_digest, st.seen
-                )));
+                let err = inner_error(&st, e);
                 Some((Err(err), st))
             }
             None => {
                 st.done = true;
-                let actual = format!("sha256:{}", hex::encode(st.hasher.finalize_reset()));
                 if st.seen != st.expected_size {
                     let err = digest_mismatch(format!(
                         "blob {}: got {} bytes, its descriptor says {}",
                         st.expected_digest, st.seen, st.expected_size
-                    ));
-                    Some((Err(err), st))
-                } else if actual != st.expected_digest {
-                    let err = digest_mismatch(format!(
-                        "blob {}: content hashes to {actual}",
-                        st.expected_digest
                     ));
                     Some((Err(err), st))
                 } else {
@@ -111,19 +117,41 @@ where
     }))
 }
 
+/// A stand-in for `oci-client`'s verifying blob stream in unit tests: hashes the chunks and ends
+/// with the error that stream ends with (kind `Other` wrapping `DigestError::VerificationError`).
+/// The real one is exercised against a registry in `tests/rootfs.rs`.
+#[cfg(test)]
+pub(crate) fn verified_like_oci_client(
+    parts: Vec<Bytes>,
+    expected_digest: &str,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static {
+    use sha2::{Digest as _, Sha256};
+    let expected = expected_digest.to_string();
+    let mut hasher = Sha256::new();
+    for p in &parts {
+        hasher.update(p);
+    }
+    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let verdict = (actual != expected).then(|| {
+        Err(io::Error::other(DigestError::VerificationError {
+            expected,
+            actual,
+        }))
+    });
+    futures::stream::iter(parts.into_iter().map(Ok).chain(verdict))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use futures::TryStreamExt;
+    use sha2::{Digest as _, Sha256};
 
-    fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes, String>> + Unpin {
-        futures::stream::iter(
-            parts
-                .iter()
-                .map(|p| Ok(Bytes::from_static(p)))
-                .collect::<Vec<_>>(),
-        )
+    /// The stand-in verifier over `parts`, then the guard.
+    fn verifying(parts: &[&'static [u8]], digest: &str, size: u64, idle: Duration) -> BlobStream {
+        let parts = parts.iter().map(|p| Bytes::from_static(p)).collect();
+        guard(verified_like_oci_client(parts, digest), digest, size, idle)
     }
 
     fn digest(data: &[u8]) -> String {
@@ -133,7 +161,7 @@ mod tests {
     #[tokio::test]
     async fn intact_data_passes_through_chunk_by_chunk() {
         let s = verifying(
-            chunks(&[b"hello ", b"world"]),
+            &[b"hello ", b"world"],
             &digest(b"hello world"),
             11,
             Duration::from_secs(5),
@@ -148,7 +176,7 @@ mod tests {
     #[tokio::test]
     async fn corrupt_data_fails_at_the_end_with_invalid_data() {
         let mut s = verifying(
-            chunks(&[b"hello ", b"w0rld"]),
+            &[b"hello ", b"w0rld"],
             &digest(b"hello world"),
             11,
             Duration::from_secs(5),
@@ -165,7 +193,7 @@ mod tests {
     #[tokio::test]
     async fn short_and_long_data_fail_with_invalid_data() {
         let short = verifying(
-            chunks(&[b"hello"]),
+            &[b"hello"],
             &digest(b"hello world"),
             11,
             Duration::from_secs(5),
@@ -173,7 +201,7 @@ mod tests {
         let err = short.try_collect::<Vec<_>>().await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         let long = verifying(
-            chunks(&[b"hello world!"]),
+            &[b"hello world!"],
             &digest(b"hello world"),
             11,
             Duration::from_secs(5),
@@ -183,10 +211,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_right_digest_with_the_wrong_descriptor_size_fails_with_invalid_data() {
+        // oci-client's stream accepts this (it checks only the digest); the guard does not.
+        let s = verifying(
+            &[b"hello world"],
+            &digest(b"hello world"),
+            5,
+            Duration::from_secs(5),
+        );
+        let err = s.try_collect::<Vec<_>>().await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let s = verifying(
+            &[b"hello world"],
+            &digest(b"hello world"),
+            12,
+            Duration::from_secs(5),
+        );
+        let err = s.try_collect::<Vec<_>>().await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn a_broken_body_is_unavailable() {
+        let broken = futures::stream::iter(vec![
+            Ok(Bytes::from_static(b"he")),
+            Err(io::Error::other("connection reset")),
+        ]);
+        let err = guard(broken, &digest(b"hello"), 5, Duration::from_secs(5))
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Other);
+        let inner = err.get_ref().unwrap().downcast_ref::<Error>().unwrap();
+        assert!(matches!(inner, Error::Unavailable(_)), "{inner:?}");
+    }
+
+    #[tokio::test]
     async fn a_stalled_body_times_out() {
         tokio::time::pause();
-        let stalled = futures::stream::pending::<Result<Bytes, String>>();
-        let s = verifying(stalled, &digest(b""), 0, Duration::from_secs(30));
+        let stalled = futures::stream::pending::<io::Result<Bytes>>();
+        let s = guard(stalled, &digest(b""), 0, Duration::from_secs(30));
         let err = s.try_collect::<Vec<_>>().await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
@@ -198,23 +262,24 @@ mod properties {
     use super::*;
     use futures::TryStreamExt;
     use proptest::prelude::*;
+    use sha2::{Digest as _, Sha256};
 
     fn run(data: &[u8], cuts: &[usize], digest: &str, size: u64) -> io::Result<Vec<u8>> {
         let mut parts = Vec::new();
         let mut pos = 0;
         for &c in cuts {
             let end = (pos + c).min(data.len());
-            parts.push(Ok::<_, String>(Bytes::copy_from_slice(&data[pos..end])));
+            parts.push(Bytes::copy_from_slice(&data[pos..end]));
             pos = end;
         }
-        parts.push(Ok(Bytes::copy_from_slice(&data[pos..])));
+        parts.push(Bytes::copy_from_slice(&data[pos..]));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap();
         rt.block_on(async {
-            let s = verifying(
-                futures::stream::iter(parts),
+            let s = guard(
+                verified_like_oci_client(parts, digest),
                 digest,
                 size,
                 Duration::from_secs(5),

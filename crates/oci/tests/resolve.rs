@@ -1,5 +1,6 @@
 //! `OciClient::resolve` against a real registry on loopback (Debian's `docker-registry`):
-//! tags and digests, the platform pick of IRI.md §2.3, and the error classes.
+//! tags and digests, the ironcore platform pick (exact `linux/<arch>`, variant ignored; without an
+//! architecture only a one-entry index), and the error classes.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
