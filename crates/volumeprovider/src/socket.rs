@@ -8,11 +8,17 @@
 //! * The new socket is bound inside a private `0700` directory next to the target, given its mode
 //!   (`--socket-mode`, default `0600`) and then renamed into place, so it is never reachable with
 //!   looser permissions, whatever the umask.
+//! * Every accepted connection is served through [`grpc_authority::NormalizeAuthority`] (see
+//!   [`incoming`]): gRPC C-core, grpc-java and grpc-swift clients send the percent-encoded socket
+//!   path as `:authority`, which the HTTP/2 layer under tonic would refuse.
 
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+
+use grpc_authority::NormalizeAuthority;
+use tokio_stream::{Stream, StreamExt};
 
 use crate::error::{Error, Result};
 
@@ -115,6 +121,16 @@ pub fn bind(path: &Path, mode: u32) -> Result<BoundSocket> {
     })();
     let _ = std::fs::remove_dir_all(&tmp_dir);
     result
+}
+
+/// The connections accepted on `listener`, each wrapped so that an `:authority` the HTTP/2 layer
+/// would refuse (a socket path such as `tmp%2Fcephvol.sock`) reaches it as `localhost`; everything
+/// else passes through unchanged (see the `grpc-authority` crate).
+pub fn incoming(
+    listener: tokio::net::UnixListener,
+) -> impl Stream<Item = std::io::Result<NormalizeAuthority<tokio::net::UnixStream>>> {
+    tokio_stream::wrappers::UnixListenerStream::new(listener)
+        .map(|conn| conn.map(NormalizeAuthority::new))
 }
 
 #[cfg(test)]
