@@ -203,4 +203,45 @@ mod tests {
         s.remove_file();
         assert!(p.exists(), "someone else's socket must stay");
     }
+
+    #[tokio::test]
+    async fn accepted_connections_reach_the_server_with_a_percent_encoded_authority_replaced() {
+        use tokio::io::AsyncReadExt;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("x.sock");
+        let mut conns = Box::pin(incoming(tokio::net::UnixListener::bind(&p).expect("bind")));
+        let client = tokio::spawn(async move {
+            let s = tokio::net::UnixStream::connect(&p).await.expect("connect");
+            let mut c = grpc_authority::raw_client::RawClient::handshake(s)
+                .await
+                .expect("handshake");
+            // No server answers: the request ends when the test drops the connection.
+            let headers = [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/volume.v1alpha1.VolumeRuntime/Version"),
+                (":authority", "tmp%2Fx.sock"),
+            ];
+            let _ = c.request(&headers, &[]).await;
+        });
+        let mut conn = conns.next().await.expect("a connection").expect("accepted");
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let contains = |seen: &[u8], needle: &[u8]| seen.windows(needle.len()).any(|w| w == needle);
+        while !contains(&seen, b"localhost") {
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut buf));
+            let n = read
+                .await
+                .expect("the request arrives rewritten")
+                .expect("read");
+            assert!(n > 0, "the request never arrived rewritten: {seen:?}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert!(!contains(&seen, b"%2F"));
+        assert_eq!(conn.replaced(), 1);
+        drop(conn);
+        client.await.expect("client");
+    }
 }
