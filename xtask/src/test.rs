@@ -1,17 +1,20 @@
 //! `cargo xtask test [--long]`: the project's whole test command (what CI runs).
 //!
-//! It installs what it needs on a fresh machine (Debian packages, `cargo-machete`), then runs the
+//! It installs what it needs on a fresh machine (Debian packages, `cargo-machete`, the Python gRPC
+//! client's virtualenv in `target/venv`), then runs the
 //! fmt check, the unused-dependency check, clippy with warnings denied (default features, then with
 //! every member's `ceph` feature, read from `cargo metadata`), and every workspace test. cargo
 //! test's output is streamed as it comes and read on the way to add up the `test result:` lines of
 //! all test binaries, so the command ends by saying how many tests ran.
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{cargo, ensure_debian_packages, root};
+use crate::util::{cargo, ensure_debian_packages, root, run as run_cmd};
 use crate::workspace::Workspace;
 
 /// Debian packages the test suites need: a real OCI registry for the populate tests, and the
@@ -28,6 +31,10 @@ pub fn run(args: &[String]) -> Result<()> {
     std::env::set_var("PROPTEST_CASES", &cases);
     ensure_debian_packages(TEST_PACKAGES)?;
     ensure_cargo_machete()?;
+    // The Python gRPC client of tests/tests/e2e_python_client.rs must run here, not be skipped.
+    let python = ensure_python_venv()?;
+    std::env::set_var("CEPHVOL_PYTHON", &python);
+    std::env::set_var("CEPHVOL_PYTHON_REQUIRED", "1");
     cargo(&["fmt", "--all", "--check"])?;
     // Declared dependencies that no source file of their crate uses.
     cargo(&["machete"])?;
@@ -77,6 +84,71 @@ fn ensure_cargo_machete() -> Result<()> {
         return Ok(());
     }
     cargo(&["install", "cargo-machete", "--locked"])
+}
+
+/// The Python client's packages, every one pinned.
+const PYTHON_REQUIREMENTS: &str = "tests/python/requirements.txt";
+/// The virtualenv they are installed into (under the workspace root).
+const VENV: &str = "target/venv";
+/// The copy of the requirements a virtualenv was made from, kept inside it.
+const VENV_STAMP: &str = "cephvol-requirements.txt";
+
+/// Makes `target/venv` hold exactly the packages of `tests/python/requirements.txt` and returns its
+/// Python. Nothing is done when the copy of the requirements inside the virtualenv matches the
+/// file. The virtualenv is made without pip and filled by the machine's pip (`pip --python`, pip
+/// 22.3 and later): bootstrapping pip into it would take longer than installing the packages.
+/// Where the machine's pip cannot do that, the virtualenv gets its own pip. pip's environment
+/// (`PIP_FIND_LINKS`, a wheel cache, ...) applies as usual.
+fn ensure_python_venv() -> Result<PathBuf> {
+    let root = root();
+    let venv = root.join(VENV);
+    let python = venv.join("bin/python");
+    let requirements_file = root.join(PYTHON_REQUIREMENTS);
+    let requirements = std::fs::read_to_string(&requirements_file)
+        .with_context(|| format!("reading {}", requirements_file.display()))?;
+    let stamp = venv.join(VENV_STAMP);
+    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&requirements) {
+        return Ok(python);
+    }
+    let started = Instant::now();
+    let _ = std::fs::remove_file(&stamp);
+    let pip_install = ["install", "--disable-pip-version-check", "--no-input", "-r"];
+    let without_pip = run_cmd(
+        Command::new("python3")
+            .args(["-m", "venv", "--clear", "--without-pip"])
+            .arg(&venv),
+    )
+    .and_then(|()| {
+        run_cmd(
+            Command::new("python3")
+                .args(["-m", "pip", "--python"])
+                .arg(&python)
+                .args(pip_install)
+                .arg(&requirements_file),
+        )
+    });
+    if let Err(e) = without_pip {
+        eprintln!("xtask: {e:#}; making the virtualenv with its own pip instead");
+        run_cmd(
+            Command::new("python3")
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv),
+        )?;
+        run_cmd(
+            Command::new(&python)
+                .args(["-m", "pip"])
+                .args(pip_install)
+                .arg(&requirements_file),
+        )?;
+    }
+    std::fs::write(&stamp, &requirements)
+        .with_context(|| format!("writing {}", stamp.display()))?;
+    eprintln!(
+        "xtask: Python client virtualenv {} ready in {:.1}s",
+        venv.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(python)
 }
 
 /// What the `test result:` lines of cargo test's binaries add up to.

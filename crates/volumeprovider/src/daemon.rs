@@ -410,7 +410,7 @@ async fn run(
         opened.where_
     );
 
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let incoming = socket::incoming(listener);
     let (sig_tx, sig_rx) = tokio::sync::oneshot::channel::<&'static str>();
     let serve = tonic::transport::Server::builder()
         .add_service(server.runtime_service())

@@ -15,6 +15,7 @@ use crate::flags::LogFormat;
 
 const NOISY: &[&str] = &[
     "h2",
+    "loona_hpack",
     "hyper",
     "hyper_util",
     "tower",

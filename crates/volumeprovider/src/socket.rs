@@ -8,11 +8,17 @@
 //! * The new socket is bound inside a private `0700` directory next to the target, given its mode
 //!   (`--socket-mode`, default `0600`) and then renamed into place, so it is never reachable with
 //!   looser permissions, whatever the umask.
+//! * Every accepted connection is served through [`grpc_authority::NormalizeAuthority`] (see
+//!   [`incoming`]): gRPC C-core, grpc-java and grpc-swift clients send the percent-encoded socket
+//!   path as `:authority`, which the HTTP/2 layer under tonic would refuse.
 
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+
+use grpc_authority::NormalizeAuthority;
+use tokio_stream::{Stream, StreamExt};
 
 use crate::error::{Error, Result};
 
@@ -117,6 +123,16 @@ pub fn bind(path: &Path, mode: u32) -> Result<BoundSocket> {
     result
 }
 
+/// The connections accepted on `listener`, each wrapped so that an `:authority` the HTTP/2 layer
+/// would refuse (a socket path such as `tmp%2Fcephvol.sock`) reaches it as `localhost`; everything
+/// else passes through unchanged (see the `grpc-authority` crate).
+pub fn incoming(
+    listener: tokio::net::UnixListener,
+) -> impl Stream<Item = std::io::Result<NormalizeAuthority<tokio::net::UnixStream>>> {
+    tokio_stream::wrappers::UnixListenerStream::new(listener)
+        .map(|conn| conn.map(NormalizeAuthority::new))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +202,46 @@ mod tests {
         let _other = UnixListener::bind(&p).expect("other");
         s.remove_file();
         assert!(p.exists(), "someone else's socket must stay");
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_reach_the_server_with_a_percent_encoded_authority_replaced() {
+        use tokio::io::AsyncReadExt;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("x.sock");
+        let mut conns = Box::pin(incoming(tokio::net::UnixListener::bind(&p).expect("bind")));
+        let client = tokio::spawn(async move {
+            let s = tokio::net::UnixStream::connect(&p).await.expect("connect");
+            let mut c = grpc_authority::raw_client::RawClient::handshake(s)
+                .await
+                .expect("handshake");
+            // No server answers: the request ends when the test drops the connection.
+            let headers = [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/volume.v1alpha1.VolumeRuntime/Version"),
+                (":authority", "tmp%2Fx.sock"),
+            ];
+            let _ = c.request(&headers, &[]).await;
+        });
+        let mut conn = conns.next().await.expect("a connection").expect("accepted");
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let contains = |seen: &[u8], needle: &[u8]| seen.windows(needle.len()).any(|w| w == needle);
+        while !contains(&seen, b"localhost") {
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut buf));
+            let n = read
+                .await
+                .expect("the request arrives rewritten")
+                .expect("read");
+            assert!(n > 0, "the request never arrived rewritten: {seen:?}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert!(!contains(&seen, b"%2F"));
+        assert_eq!(conn.replaced(), 1);
+        drop(conn);
+        client.await.expect("client");
     }
 }
