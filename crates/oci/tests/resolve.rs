@@ -1,5 +1,6 @@
 //! `OciClient::resolve` against a real registry on loopback (Debian's `docker-registry`):
-//! tags and digests, the platform pick of IRI.md §2.3, and the error classes.
+//! tags and digests, the platform pick for an architecture, and the error classes; broken registries
+//! are played by `FakeHttp`.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -279,7 +280,8 @@ async fn a_registry_answering_server_errors_is_unavailable() {
         503,
         "application/json",
         br#"{"errors":[{"code":"UNAVAILABLE","message":"down"}]}"#,
-    );
+    )
+    .await;
     let err = source()
         .resolve(&format!("{}/os/image:v1", fake.host()), None)
         .await
@@ -290,7 +292,7 @@ async fn a_registry_answering_server_errors_is_unavailable() {
 
 #[tokio::test]
 async fn a_manifest_that_is_not_json_is_malformed() {
-    let fake = FakeHttp::start(200, mt::OCI_MANIFEST, b"<html>not a manifest</html>");
+    let fake = FakeHttp::start(200, mt::OCI_MANIFEST, b"<html>not a manifest</html>").await;
     let err = source()
         .resolve(&format!("{}/os/image:v1", fake.host()), None)
         .await
@@ -302,7 +304,7 @@ async fn a_manifest_that_is_not_json_is_malformed() {
 #[tokio::test]
 async fn a_manifest_whose_bytes_do_not_match_the_requested_digest_is_a_digest_mismatch() {
     let body = br#"{"schemaVersion":2,"manifests":[]}"#;
-    let fake = FakeHttp::start(200, mt::OCI_INDEX, body);
+    let fake = FakeHttp::start(200, mt::OCI_INDEX, body).await;
     let wrong = format!("sha256:{}", "ab".repeat(32));
     let err = source()
         .resolve(&format!("{}/os/image@{wrong}", fake.host()), None)
