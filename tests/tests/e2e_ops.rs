@@ -2,7 +2,6 @@
 //! restart on the same data, start-up checks, the metrics endpoint and the flags-only start the
 //! poollet deployment uses.
 
-use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
 
@@ -197,20 +196,15 @@ async fn the_metrics_endpoint_exports_rpc_and_runner_metrics() {
         .await
         .expect("Version");
     let _ = c.runtime.create_volume(volume_req("nope", 1, &[])).await;
-    let body = tests::daemon::eventually(
-        Duration::from_secs(10),
-        "the metrics endpoint",
-        || async move {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                .ok()?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).ok()?;
-            Some(out)
-        },
-    )
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let resp = tests::daemon::eventually(Duration::from_secs(10), "the metrics endpoint", || {
+        let url = url.clone();
+        async move { reqwest::get(url).await.ok() }
+    })
     .await;
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    let body = resp.text().await.expect("metrics body");
     assert!(
         body.contains(r#"cephvol_rpc_requests_total{method="Version",code="Ok"} 1"#),
         "{body}"

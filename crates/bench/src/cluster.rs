@@ -88,7 +88,7 @@ mod real {
     use tokio::io::AsyncReadExt;
     use volumeprovider::events::EventStore;
 
-    use super::super::util::{median, random_bytes, NoImages, TempDir};
+    use super::super::util::{median, temp_dir, NoImages};
     use super::super::{Figure, Opts};
     use super::{cli_args, skip_reason, Command};
 
@@ -120,9 +120,9 @@ mod real {
         let runs = if opts.quick { 1 } else { 3 };
         let creates = if opts.quick { 3 } else { 10 };
         rt.block_on(cleanup(&backend));
-        let dir = TempDir::new("ceph")?;
+        let dir = temp_dir("ceph", None)?;
         let file = dir.path().join("rootfs.raw");
-        std::fs::write(&file, random_bytes(size, 7)).context("writing the source file")?;
+        std::fs::write(&file, testdata::pattern(size, 7)).context("writing the source file")?;
 
         let mut out = Vec::new();
         let result = (|| -> Result<()> {

@@ -24,22 +24,19 @@
 //!
 //!   Each side runs 3 times (`--quick`: once); the median counts.
 
-use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use controllers::{ControllerConfig, ImageSource};
-use oci::media_types;
 use rbd::{BlockBackend, ByteStream, CancellationToken, WriteOptions};
 use rbd_testkit::fake::{MemoryBackend, Op};
-use sha2::{Digest as _, Sha256};
+use registry_fixture::{IronImage, TestRegistry};
+use testdata::pattern;
 use volumeprovider::image_source::{OciImageSource, OciOptions};
 
-// Figures of issue 8, one module each (see their module docs).
+// The other figures, one module each (see their module docs).
 mod cluster;
 mod responsiveness;
 mod rss;
@@ -201,7 +198,7 @@ fn populate(opts: &Opts, rt: &tokio::runtime::Runtime) -> Result<Vec<Figure>> {
     let runs = if opts.quick { 1 } else { 3 };
     let depth = ControllerConfig::default().populate_queue_depth.max(1);
     let data = Bytes::from(pattern(size, 42));
-    let expected = hex::encode(Sha256::digest(&data));
+    let expected = testdata::sha256_hex(&data);
     let note = |latency: Duration, source: &str| {
         format!(
             "{} MiB, {} MiB writes, {} ms per write, qd {depth} vs qd 1, median of {runs}, {source}",
@@ -243,10 +240,19 @@ fn populate(opts: &Opts, rt: &tokio::runtime::Runtime) -> Result<Vec<Figure>> {
         note: note(POPULATE_SLOW_WRITE_LATENCY, "in-memory source"),
     });
 
-    match RegistryFixture::start(&data) {
-        Ok(Some(reg)) => {
+    match TestRegistry::try_start() {
+        Ok(reg) => {
+            let pushed = rt.block_on(reg.pusher().push_image(
+                "bench/rootfs",
+                "v1",
+                &IronImage::rootfs(data.to_vec()),
+            ));
+            let rootfs_size = pushed.rootfs.map(|l| l.size);
+            if rootfs_size != Some(size as u64) {
+                bail!("pushed rootfs of {rootfs_size:?} bytes, expected {size}");
+            }
             let src = OciImageSource::new(OciOptions::default()).map_err(|e| anyhow!("{e}"))?;
-            let reference_str = reg.reference.clone();
+            let reference_str = reg.reference("bench/rootfs", "v1");
             let via = |qd: usize| -> Result<f64> {
                 median_rate(runs, size, || {
                     rt.block_on(async {
@@ -293,10 +299,10 @@ fn populate(opts: &Opts, rt: &tokio::runtime::Runtime) -> Result<Vec<Figure>> {
                 ),
             });
         }
-        Ok(None) => eprintln!(
-            "populate_registry: skipped (docker-registry not installed: apt-get install docker-registry)"
-        ),
-        Err(e) => eprintln!("populate_registry: skipped, docker-registry failed to start: {e:#}"),
+        Err(e @ registry_fixture::Error::NotInstalled) => {
+            eprintln!("populate_registry: skipped ({e})")
+        }
+        Err(e) => eprintln!("populate_registry: skipped, {e}"),
     }
     Ok(out)
 }
@@ -367,167 +373,4 @@ async fn write_once(
         bail!("more than {qd} writes in flight");
     }
     Ok(took)
-}
-
-/// Deterministic pseudo-random bytes (xorshift64).
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// A `docker-registry` on 127.0.0.1 holding one ironcore image whose rootfs is the bench data.
-/// Killed and its storage removed on drop.
-struct RegistryFixture {
-    child: Child,
-    dir: PathBuf,
-    reference: String,
-}
-
-impl Drop for RegistryFixture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl RegistryFixture {
-    /// `Ok(None)` when `docker-registry` is not installed.
-    fn start(rootfs: &Bytes) -> Result<Option<RegistryFixture>> {
-        let bin = std::env::var_os("DOCKER_REGISTRY_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/usr/bin/docker-registry"));
-        if !bin.is_file() {
-            return Ok(None);
-        }
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir =
-            std::env::temp_dir().join(format!("cephvol-bench-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(dir.join("data"))?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let host = format!("127.0.0.1:{port}");
-        let cfg = dir.join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {host}\n  secret: cephvol-bench\n",
-                dir.join("data").display()
-            ),
-        )?;
-        let child = Command::new(&bin)
-            .arg("serve")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        let mut fx = RegistryFixture {
-            child,
-            dir,
-            reference: format!("{host}/bench/rootfs:v1"),
-        };
-        wait_ready(&mut fx.child, &host)?;
-        push_image(&host, rootfs)?;
-        Ok(Some(fx))
-    }
-}
-
-fn wait_ready(child: &mut Child, host: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("docker-registry exited with {status}");
-        }
-        if let Ok(mut s) = TcpStream::connect(host) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let req = format!("GET /v2/ HTTP/1.0\r\nHost: {host}\r\n\r\n");
-            let mut buf = [0u8; 16];
-            if s.write_all(req.as_bytes()).is_ok()
-                && s.read(&mut buf).is_ok_and(|n| {
-                    // Go answers an HTTP/1.0 request with HTTP/1.0.
-                    let head = String::from_utf8_lossy(&buf[..n]);
-                    head.starts_with("HTTP/1.") && head.split(' ').nth(1) == Some("200")
-                })
-            {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("docker-registry on {host} did not answer within 15 s");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-/// Pushes `rootfs` as a single-arch ironcore image `bench/rootfs:v1` (plain HTTP, monolithic
-/// uploads, manifest without top-level mediaType).
-fn push_image(host: &str, rootfs: &Bytes) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let http = reqwest::Client::new();
-        let config = Bytes::from_static(b"{}");
-        let config_digest = push_blob(&http, host, &config).await?;
-        let rootfs_digest = push_blob(&http, host, rootfs).await?;
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "config": {"mediaType": media_types::CONFIG, "digest": config_digest, "size": config.len()},
-            "layers": [{"mediaType": media_types::ROOTFS, "digest": rootfs_digest, "size": rootfs.len()}],
-        });
-        let resp = http
-            .put(format!("http://{host}/v2/bench/rootfs/manifests/v1"))
-            .header("content-type", media_types::OCI_MANIFEST)
-            .body(serde_json::to_vec(&manifest)?)
-            .send()
-            .await?;
-        if resp.status().as_u16() != 201 {
-            bail!("PUT manifest: {}", resp.status());
-        }
-        Ok(())
-    })
-}
-
-async fn push_blob(http: &reqwest::Client, host: &str, data: &Bytes) -> Result<String> {
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
-    let resp = http
-        .post(format!("http://{host}/v2/bench/rootfs/blobs/uploads/"))
-        .send()
-        .await?;
-    let location = resp
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| anyhow!("upload without Location ({})", resp.status()))?
-        .to_string();
-    let location = if location.starts_with("http") {
-        location
-    } else {
-        format!("http://{host}{location}")
-    };
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let resp = http
-        .put(format!("{location}{sep}digest={digest}"))
-        .header("content-type", "application/octet-stream")
-        .body(data.clone())
-        .send()
-        .await?;
-    if resp.status().as_u16() != 201 {
-        bail!("PUT blob: {}", resp.status());
-    }
-    Ok(digest)
 }

@@ -1,5 +1,5 @@
 //! Figure `rss`: resident memory of the real `cephvol` daemon, idle and holding 10k volumes
-//! (`--quick`: 1k), against the budgets of issue 8 (30 MiB idle, 100 MiB with 10k volumes; the
+//! (`--quick`: 1k), against its budgets (30 MiB idle, 100 MiB with 10k volumes; the
 //! reference column is the budget, so a ratio ≤ 1 meets it).
 //!
 //! The daemon is the `cephvol` binary next to this one (or `$CEPHVOL_BIN`), started on its embedded
@@ -30,7 +30,7 @@ use futures::StreamExt;
 use iri::meta_v1::ObjectMetadata;
 use iri::volume_v1 as pb;
 
-use super::util::TempDir;
+use super::util::temp_dir;
 use super::{Figure, Opts};
 
 const IDLE_BUDGET_MIB: f64 = 30.0;
@@ -40,11 +40,7 @@ pub fn run(opts: &Opts, _rt: &tokio::runtime::Runtime) -> Result<Vec<Figure>> {
     let n = if opts.quick { 1_000 } else { 10_000 };
     let bin = daemon_binary()?;
     let shm = Path::new("/dev/shm");
-    let dir = if shm.is_dir() {
-        TempDir::new_in(shm, "rss")?
-    } else {
-        TempDir::new("rss")?
-    };
+    let dir = temp_dir("rss", shm.is_dir().then_some(shm))?;
     let socket = dir.path().join("cephvol.sock");
     let log = dir.path().join("daemon.log");
     let mut daemon = Daemon::start(&bin, dir.path(), &socket, &log)?;

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use store::keys::{CLASS_LABEL, MANAGER, MANAGER_LABEL};
 use store::{Image, ImageAccess, ImageSpec, ImageState, ListOptions, Metadata, Object, Store};
 
-use super::util::{median, TempDir};
+use super::util::{median, temp_dir};
 use super::{Figure, Opts};
 
 /// Collection (omap object / hostdir directory) of the benchmark's objects.
@@ -84,7 +84,7 @@ pub fn run(opts: &Opts, _rt: &tokio::runtime::Runtime) -> Result<Vec<Figure>> {
 
     let memory = rt.block_on(measure(Arc::new(store::MemoryBackend::new()), n))?;
     eprintln!("  store memory: {memory:?}");
-    let dir = TempDir::new("store")?;
+    let dir = temp_dir("store", None)?;
     let hostdir = store::HostDirBackend::open(dir.path())?;
     let hostdir = rt.block_on(measure(Arc::new(hostdir), n))?;
     eprintln!("  store hostdir: {hostdir:?}");

@@ -1,43 +1,21 @@
-//! Helpers shared by the figures of issue 8.
+//! Helpers shared by the figures: temporary directories, the median, an image source without
+//! images.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// A fresh directory, removed with its contents on drop.
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    /// Creates `<base>/cephvol-bench-<what>-<pid>-<nanos>`.
-    pub fn new_in(base: &Path, what: &str) -> Result<TempDir> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = base.join(format!(
-            "cephvol-bench-{what}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir { path })
+/// A fresh directory `cephvol-bench-<what>-*` under `base` (else the system temp directory),
+/// removed with its contents on drop.
+pub fn temp_dir(what: &str, base: Option<&Path>) -> Result<tempfile::TempDir> {
+    let mut b = tempfile::Builder::new();
+    let prefix = format!("cephvol-bench-{what}-");
+    b.prefix(&prefix);
+    match base {
+        Some(base) => b.tempdir_in(base),
+        None => b.tempdir(),
     }
-
-    /// Under the system temp directory.
-    pub fn new(what: &str) -> Result<TempDir> {
-        TempDir::new_in(&std::env::temp_dir(), what)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
+    .with_context(|| format!("creating a temporary directory for {what}"))
 }
 
 /// Median of samples (upper median for an even count); 0 when empty.
@@ -47,21 +25,6 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-/// Deterministic pseudo-random bytes (xorshift64): data no chunk of which is all zeroes.
-#[cfg_attr(not(feature = "ceph"), allow(dead_code))]
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// An image source without images (the figures create no OS volumes).

@@ -1,5 +1,5 @@
 //! Connecting to a provider as a client (the CLI, tests): address resolution as irictl-volume
-//! does it (IRI.md §1.1) and a tonic channel over a unix socket.
+//! does it and a tonic channel over a unix socket.
 //!
 //! Order: the explicit `--address` (`unix:///abs/path`, `unix:path` or a bare path), then env
 //! `IRI_VOLUME_RUNTIME_ENDPOINT`, then the well-known sockets `/var/run/iri-volumebroker.sock` and

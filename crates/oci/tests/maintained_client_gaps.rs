@@ -259,7 +259,7 @@ async fn oci_client_cannot_use_an_identity_token() {
     reg.pusher()
         .push_image("os/idtoken", "v1", &IronImage::rootfs(b"id os".to_vec()))
         .await;
-    let gate = TokenGate::start(reg.host(), TokenPolicy::RefreshToken("refresh-123".into()));
+    let gate = TokenGate::start(reg.host(), TokenPolicy::RefreshToken("refresh-123".into())).await;
     let reference = format!("{}/os/idtoken:v1", gate.host());
     // What RegistryAuth can express: Basic (with Docker's "<token>" user name or none), or the
     // identity token sent as a bearer token. None of them is the refresh-token grant.
@@ -277,10 +277,10 @@ async fn oci_client_cannot_use_an_identity_token() {
             "{auth:?}: {err:?}"
         );
     }
+    let before = gate.log().await;
     assert!(
-        gate.log().token_requests.iter().all(|(m, _)| m == "GET"),
-        "oci-client only GETs tokens: {:?}",
-        gate.log()
+        before.token_requests.iter().all(|(m, _)| m == "GET"),
+        "oci-client only GETs tokens: {before:?}"
     );
     // Ours exchanges it with a form POST and reads the image.
     let dir = tempfile::tempdir().unwrap();
@@ -292,7 +292,7 @@ async fn oci_client_cannot_use_an_identity_token() {
     let rootfs = src.open_rootfs(&reference, None).await.unwrap();
     let chunks: Vec<Bytes> = rootfs.data.try_collect().await.unwrap();
     assert_eq!(chunks.concat(), b"id os");
-    let log = gate.log();
+    let log = gate.log().await;
     assert!(
         log.token_requests
             .iter()

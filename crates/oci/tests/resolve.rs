@@ -1,6 +1,7 @@
 //! `OciClient::resolve` against a real registry on loopback (Debian's `docker-registry`):
 //! tags and digests, the ironcore platform pick (exact `linux/<arch>`, variant ignored; without an
-//! architecture only a one-entry index), and the error classes.
+//! architecture only a one-entry index), and the error classes; broken registries are played by
+//! `FakeHttp`.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -280,7 +281,8 @@ async fn a_registry_answering_server_errors_is_unavailable() {
         503,
         "application/json",
         br#"{"errors":[{"code":"UNAVAILABLE","message":"down"}]}"#,
-    );
+    )
+    .await;
     let err = source()
         .resolve(&format!("{}/os/image:v1", fake.host()), None)
         .await
@@ -291,7 +293,7 @@ async fn a_registry_answering_server_errors_is_unavailable() {
 
 #[tokio::test]
 async fn a_manifest_that_is_not_json_is_malformed() {
-    let fake = FakeHttp::start(200, mt::OCI_MANIFEST, b"<html>not a manifest</html>");
+    let fake = FakeHttp::start(200, mt::OCI_MANIFEST, b"<html>not a manifest</html>").await;
     let err = source()
         .resolve(&format!("{}/os/image:v1", fake.host()), None)
         .await
@@ -303,7 +305,7 @@ async fn a_manifest_that_is_not_json_is_malformed() {
 #[tokio::test]
 async fn a_manifest_whose_bytes_do_not_match_the_requested_digest_is_a_digest_mismatch() {
     let body = br#"{"schemaVersion":2,"manifests":[]}"#;
-    let fake = FakeHttp::start(200, mt::OCI_INDEX, body);
+    let fake = FakeHttp::start(200, mt::OCI_INDEX, body).await;
     let wrong = format!("sha256:{}", "ab".repeat(32));
     let err = source()
         .resolve(&format!("{}/os/image@{wrong}", fake.host()), None)

@@ -1,5 +1,5 @@
-//! Prometheus metrics (prometheus-client) and the tiny HTTP endpoint serving them on
-//! `--metrics-address` (`GET /metrics`, plus `GET /healthz`).
+//! Prometheus metrics (prometheus-client) and the HTTP endpoint (axum) serving them on
+//! `--metrics-address` (`GET /metrics`, plus `GET /healthz`). Owns no other listener.
 //!
 //! Exported:
 //! * `cephvol_rpc_requests_total{method,code}` and `cephvol_rpc_duration_seconds{method}` — every
@@ -25,7 +25,6 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use runner::RunnerMetrics;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventStore;
@@ -306,72 +305,47 @@ impl Collector for EventsCollector {
     }
 }
 
-/// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown` is cancelled.
+/// Content type of `GET /metrics`.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The endpoint's routes: `GET /metrics`, `GET /healthz`; `404` for other paths, `405` for other
+/// methods.
+pub fn router(metrics: Arc<Metrics>) -> axum::Router {
+    use axum::http::{header, Method, StatusCode};
+    use axum::routing::get;
+    let not_found = |method: Method| async move {
+        if method == Method::GET {
+            (StatusCode::NOT_FOUND, "not found\n")
+        } else {
+            (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+    };
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+                    metrics.encode(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(not_found)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` is cancelled (requests in flight finish).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let (mut conn, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
-                    continue;
-                }
-            },
-        };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-                    let n = conn.read(&mut chunk).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
-            }
-            let request = String::from_utf8_lossy(&buf);
-            let line = request.lines().next().unwrap_or_default();
-            let mut parts = line.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let path = path.split('?').next().unwrap_or("");
-            let (status, ctype, body) = match (method, path) {
-                ("GET", "/metrics") => (
-                    "200 OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    metrics.encode(),
-                ),
-                ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_string()),
-                ("GET", _) => (
-                    "404 Not Found",
-                    "text/plain; charset=utf-8",
-                    "not found\n".to_string(),
-                ),
-                _ => (
-                    "405 Method Not Allowed",
-                    "text/plain; charset=utf-8",
-                    "method not allowed\n".to_string(),
-                ),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
-            let _ = conn.shutdown().await;
-        });
+    let served = axum::serve(listener, router(metrics))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "metrics endpoint failed");
     }
 }
 
@@ -385,6 +359,7 @@ pub async fn bind(addr: SocketAddr) -> crate::Result<tokio::net::TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn rpc_observations_are_exported() {
@@ -438,9 +413,8 @@ mod tests {
             ("/nope", "404"),
         ] {
             let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                .await
-                .expect("write");
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            s.write_all(request.as_bytes()).await.expect("write");
             let mut out = String::new();
             s.read_to_string(&mut out).await.expect("read");
             assert!(
@@ -448,6 +422,62 @@ mod tests {
                 "{path}: {out}"
             );
         }
+        token.cancel();
+        task.await.expect("stops");
+    }
+
+    #[tokio::test]
+    async fn an_http_client_scrapes_openmetrics_text_and_other_paths_are_not_found() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = Arc::new(Metrics::new());
+        metrics.observe_rpc("Version", tonic::Code::Ok, Duration::from_millis(1));
+        let token = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, metrics, token.clone()));
+        let http = reqwest::Client::new();
+
+        let resp = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(resp.status(), reqwest::StatusCode::OK);
+        assert_eq!(
+            resp.headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some(OPENMETRICS_CONTENT_TYPE)
+        );
+        let text = resp.text().await.expect("body");
+        assert!(
+            text.contains(r#"cephvol_rpc_requests_total{method="Version",code="Ok"} 1"#),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+
+        let healthz = http
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .expect("GET /healthz");
+        assert_eq!(healthz.status(), reqwest::StatusCode::OK);
+        assert_eq!(healthz.text().await.expect("body"), "ok\n");
+
+        let missing = http
+            .get(format!("http://{addr}/nope"))
+            .send()
+            .await
+            .expect("GET /nope");
+        assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
+        let post = http
+            .post(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .expect("POST /metrics");
+        assert_eq!(post.status(), reqwest::StatusCode::METHOD_NOT_ALLOWED);
+
         token.cancel();
         task.await.expect("stops");
     }
