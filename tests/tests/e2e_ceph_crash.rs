@@ -47,22 +47,21 @@
 //! `cargo xtask integration` runs it with `CEPHVOL_INTEGRATION=1`, under which a missing cluster
 //! environment fails the test instead of skipping it.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use iri::volume_v1 as pb;
 use registry_fixture::{pattern, IronImage, TestRegistry};
-use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use tests::cephvol_bin;
+use tests::cluster::{
+    image_req, integration, log_copy_path, step, var, volume_state, Ceph, KeepLogOnPanic,
+    Leftovers, BLOCK, SNAPSHOTS, VOLUMES,
+};
 use tests::daemon::{eventually, id_of, ops, restore_req, snapshot_req, volume_req, Daemon};
 
 const MIB: u64 = 1 << 20;
 /// Block size of the generated volume data (one rbd object).
-const BLOCK: u64 = 4 * MIB;
 /// Rootfs of the OS image: big enough that the throttled populate takes several seconds.
 const ROOTFS_LEN: u64 = 256 * MIB;
 /// Seed of the rootfs bytes.
@@ -75,485 +74,11 @@ const POPULATE_QUEUE_DEPTH: u64 = 1;
 /// A class without QoS limits (0 = unlimited in librbd), so that the `rbd` CLI's own reads and
 /// writes of the test are not throttled by the `conf_rbd_qos_*` metadata of the volumes.
 const CLASS: &str = "crash-unthrottled";
-/// Omap objects of the store (SPEC §2.2).
-const VOLUMES: &str = "ironcore.csi.volumes";
-const SNAPSHOTS: &str = "ironcore.csi.snapshots";
 /// Bound of the steps before the crash.
 const STEP: Duration = Duration::from_secs(180);
 /// Bound of each step after the restart: a killed client's watches and exclusive locks stay until
 /// the OSD times them out (`osd_client_watch_timeout`, 30 s), so resumed work may wait that long.
 const SETTLE: Duration = Duration::from_secs(300);
-
-fn var(k: &str) -> Option<String> {
-    std::env::var(k).ok().filter(|v| !v.is_empty())
-}
-
-/// Under `cargo xtask integration` a missing prerequisite is a failure, not a skip.
-fn integration() -> bool {
-    var("CEPHVOL_INTEGRATION").is_some_and(|v| v == "1")
-}
-
-/// The `rbd`/`rados`/`ceph` CLIs on the test cluster (`CEPH_CONF`/`CEPH_KEYRING` from the env).
-#[derive(Clone)]
-struct Ceph {
-    pool: String,
-}
-
-/// An `rbd export` read back: its length, the SHA-256 of its first `split` bytes and of all of it,
-/// and whether the bytes behind `split` are all zeroes.
-struct Export {
-    len: u64,
-    head: String,
-    whole: String,
-    tail_zero: bool,
-}
-
-impl Ceph {
-    /// Runs `prog args…`; `Err(command, stderr and stdout)` on failure.
-    fn try_run(&self, prog: &str, args: &[&str]) -> Result<String, String> {
-        let out = tokio::task::block_in_place(|| {
-            Command::new(prog)
-                .args(args)
-                .stdin(Stdio::null())
-                .output()
-                .unwrap_or_else(|e| panic!("running {prog}: {e}"))
-        });
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "{prog} {} failed ({}): {} {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim(),
-                String::from_utf8_lossy(&out.stdout).trim()
-            ))
-        }
-    }
-
-    fn run(&self, prog: &str, args: &[&str]) -> String {
-        self.try_run(prog, args).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn json(&self, prog: &str, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["--format", "json"]);
-        let out = self.run(prog, &a);
-        serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("{prog} {}: bad JSON ({e}): {out}", a.join(" ")))
-    }
-
-    fn spec(&self, image: &str) -> String {
-        format!("{}/{image}", self.pool)
-    }
-
-    /// `rbd ls`.
-    fn images(&self) -> BTreeSet<String> {
-        let v = self.json("rbd", &["ls", "-p", &self.pool]);
-        v.as_array()
-            .expect("rbd ls: array")
-            .iter()
-            .map(|n| n.as_str().expect("rbd ls: name").to_string())
-            .collect()
-    }
-
-    /// `rbd info`, `None` when the image does not exist.
-    fn info(&self, image: &str) -> Option<Value> {
-        match self.try_run("rbd", &["info", &self.spec(image), "--format", "json"]) {
-            Ok(out) => Some(serde_json::from_str(&out).expect("rbd info JSON")),
-            Err(e) if e.contains("No such file") || e.contains("(2)") => None,
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    /// The parent `image@snapshot` of a clone, `None` for a flat (or missing) image.
-    fn parent(&self, image: &str) -> Option<String> {
-        let info = self.info(image)?;
-        let p = info.get("parent")?;
-        Some(format!(
-            "{}@{}",
-            p["image"].as_str().unwrap_or("?"),
-            p["snapshot"].as_str().unwrap_or("?")
-        ))
-    }
-
-    /// Every rbd snapshot of `image` (all namespaces): `(name, namespace type, protected)`.
-    fn snaps(&self, image: &str) -> Vec<(String, String, bool)> {
-        let v = self.json("rbd", &["snap", "ls", "--all", &self.spec(image)]);
-        v.as_array()
-            .expect("rbd snap ls: array")
-            .iter()
-            .map(|s| {
-                (
-                    s["name"].as_str().unwrap_or("").to_string(),
-                    s["namespace"]["type"].as_str().unwrap_or("").to_string(),
-                    s["protected"].as_str() == Some("true"),
-                )
-            })
-            .collect()
-    }
-
-    /// Bytes allocated by `image` itself (not its parent).
-    fn used(&self, image: &str) -> u64 {
-        let v = self.json("rbd", &["du", &self.spec(image)]);
-        v["images"][0]["used_size"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("rbd du {image}: no used_size in {v}"))
-    }
-
-    /// The `block_name_prefix` of `image`'s data objects (`rbd_data.<id>`).
-    fn block_prefix(&self, image: &str) -> String {
-        let info = self.info(image).expect("image exists");
-        info["block_name_prefix"]
-            .as_str()
-            .expect("block_name_prefix")
-            .to_string()
-    }
-
-    /// How many rados data objects `image` has (by its `block_name_prefix`).
-    fn data_objects(&self, image: &str) -> usize {
-        let prefix = format!("{}.", self.block_prefix(image));
-        self.run("rados", &["-p", &self.pool, "ls"])
-            .lines()
-            .filter(|o| o.starts_with(&prefix))
-            .count()
-    }
-
-    /// `rbd trash ls`.
-    fn trash(&self) -> Vec<Value> {
-        let v = self.json("rbd", &["trash", "ls", "-p", &self.pool]);
-        v.as_array().cloned().unwrap_or_default()
-    }
-
-    /// Streams `rbd export <spec> -` and hashes it (see [`Export`]).
-    fn export(&self, spec: &str, split: u64) -> Export {
-        let full = format!("{}/{spec}", self.pool);
-        tokio::task::block_in_place(|| {
-            let mut child = Command::new("rbd")
-                .args(["export", "--no-progress", &full, "-"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn rbd export");
-            let mut out = child.stdout.take().expect("stdout");
-            let (mut head, mut whole) = (Sha256::new(), Sha256::new());
-            let mut len = 0u64;
-            let mut tail_zero = true;
-            let mut buf = vec![0u8; 4 << 20];
-            loop {
-                let n = out.read(&mut buf).expect("read rbd export");
-                if n == 0 {
-                    break;
-                }
-                let chunk = &buf[..n];
-                whole.update(chunk);
-                let in_head = split.saturating_sub(len).min(n as u64) as usize;
-                head.update(&chunk[..in_head]);
-                tail_zero &= chunk[in_head..].iter().all(|b| *b == 0);
-                len += n as u64;
-            }
-            let status = child.wait_with_output().expect("rbd export");
-            assert!(
-                status.status.success(),
-                "rbd export {full}: {}",
-                String::from_utf8_lossy(&status.stderr)
-            );
-            Export {
-                len,
-                head: hex::encode(head.finalize()),
-                whole: hex::encode(whole.finalize()),
-                tail_zero,
-            }
-        })
-    }
-
-    /// Writes `len` bytes of deterministic pseudo-random data (4 MiB blocks of
-    /// [`pattern`]`(…, seed + block)`) at `offset` of `image` through `rbd import-diff` (a
-    /// hand-made "rbd diff v1" stream of `w` records); returns the SHA-256 of the data.
-    fn write_pattern(&self, image: &str, offset: u64, len: u64, seed: u64) -> String {
-        use std::io::Write as _;
-        let spec = self.spec(image);
-        tokio::task::block_in_place(|| {
-            let mut child = Command::new("rbd")
-                .args(["import-diff", "--no-progress", "-", &spec])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn rbd import-diff");
-            let mut sha = Sha256::new();
-            {
-                let mut w = std::io::BufWriter::new(child.stdin.take().expect("stdin"));
-                w.write_all(b"rbd diff v1\n").expect("write diff");
-                let mut done = 0;
-                while done < len {
-                    let n = BLOCK.min(len - done);
-                    let data = pattern(n as usize, seed.wrapping_add(done / BLOCK));
-                    sha.update(&data);
-                    w.write_all(b"w").expect("write diff");
-                    w.write_all(&(offset + done).to_le_bytes())
-                        .expect("write diff");
-                    w.write_all(&n.to_le_bytes()).expect("write diff");
-                    w.write_all(&data).expect("write diff");
-                    done += n;
-                }
-                w.write_all(b"e").expect("write diff");
-                w.flush().expect("write diff");
-            }
-            let out = child.wait_with_output().expect("rbd import-diff");
-            assert!(
-                out.status.success(),
-                "rbd import-diff {spec}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            hex::encode(sha.finalize())
-        })
-    }
-
-    /// SHA-256 and all-zero flag of every 4 MiB block of `rbd export <spec> -` (diagnostics).
-    fn export_blocks(&self, spec: &str) -> Vec<(String, bool)> {
-        let full = format!("{}/{spec}", self.pool);
-        tokio::task::block_in_place(|| {
-            let mut child = Command::new("rbd")
-                .args(["export", "--no-progress", &full, "-"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn rbd export");
-            let mut out = child.stdout.take().expect("stdout");
-            let mut blocks = Vec::new();
-            let mut buf = vec![0u8; BLOCK as usize];
-            loop {
-                let mut filled = 0;
-                while filled < buf.len() {
-                    let n = out.read(&mut buf[filled..]).expect("read rbd export");
-                    if n == 0 {
-                        break;
-                    }
-                    filled += n;
-                }
-                if filled == 0 {
-                    break;
-                }
-                let b = &buf[..filled];
-                blocks.push((hex::encode(Sha256::digest(b)), b.iter().all(|x| *x == 0)));
-            }
-            let _ = child.wait();
-            blocks
-        })
-    }
-
-    /// Keys of an omap object of the store.
-    fn omap_keys(&self, object: &str) -> BTreeSet<String> {
-        match self.try_run("rados", &["-p", &self.pool, "listomapkeys", object]) {
-            Ok(out) => out.lines().map(str::to_string).collect(),
-            Err(e) if e.contains("No such file") || e.contains("(2)") => BTreeSet::new(),
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    /// Every record of an omap object, parsed.
-    fn records(&self, object: &str) -> BTreeMap<String, Value> {
-        self.omap_keys(object)
-            .into_iter()
-            .filter_map(|k| self.record(object, &k).map(|v| (k, v)))
-            .collect()
-    }
-
-    /// One record (JSON of SPEC §1), `None` if the key is absent.
-    fn record(&self, object: &str, key: &str) -> Option<Value> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("value");
-        let file = file.to_str().expect("utf-8 path");
-        match self.try_run(
-            "rados",
-            &["-p", &self.pool, "getomapval", object, key, file],
-        ) {
-            Ok(_) => {
-                let bytes = std::fs::read(file).expect("omap value");
-                Some(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                    panic!(
-                        "record {object}/{key} is not JSON ({e}): {}",
-                        String::from_utf8_lossy(&bytes)
-                    )
-                }))
-            }
-            Err(e) if e.contains("No such key") || e.contains("(2)") => None,
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    /// `status.state` of a record.
-    fn state(&self, object: &str, key: &str) -> Option<String> {
-        self.record(object, key)
-            .map(|r| r["status"]["state"].as_str().unwrap_or("").to_string())
-    }
-
-    /// Checks that the rbd images of the provider (`img_*`, `snap_*`) and the omap store agree;
-    /// returns every disagreement (empty: consistent).
-    fn inconsistencies(&self) -> Vec<String> {
-        let images = self.images();
-        let vols = self.records(VOLUMES);
-        let snaps = self.records(SNAPSHOTS);
-        let mut bad = Vec::new();
-        for name in &images {
-            if let Some(id) = name.strip_prefix("img_") {
-                if !vols.contains_key(id) {
-                    bad.push(format!("rbd image {name} has no Image record"));
-                }
-            } else if let Some(id) = name.strip_prefix("snap_") {
-                if !snaps.contains_key(id) {
-                    bad.push(format!("rbd image {name} has no Snapshot record"));
-                }
-            } else {
-                continue;
-            }
-            for (snap, ns, _) in self.snaps(name) {
-                if ns != "user" {
-                    bad.push(format!("{name}@{snap} left in the {ns} namespace"));
-                } else if name.starts_with("snap_") {
-                    if snap != "v1" {
-                        bad.push(format!("OS image {name} has a foreign snapshot {snap}"));
-                    }
-                } else if !snaps.contains_key(&snap) {
-                    bad.push(format!("rbd snapshot {name}@{snap} has no Snapshot record"));
-                }
-            }
-        }
-        for (id, rec) in &vols {
-            if !rec["metadata"]["deletedAt"].is_null() {
-                bad.push(format!("Image record {id} is still being deleted"));
-            }
-            if !images.contains(&format!("img_{id}")) {
-                bad.push(format!(
-                    "Image record {id} ({}) has no rbd image img_{id}",
-                    rec["status"]["state"]
-                ));
-            }
-        }
-        for (id, rec) in &snaps {
-            if !rec["metadata"]["deletedAt"].is_null() {
-                bad.push(format!("Snapshot record {id} is still being deleted"));
-            }
-            let os = rec["source"]["ironcoreImage"].as_str().unwrap_or("");
-            let vol = rec["source"]["volumeImageId"].as_str().unwrap_or("");
-            let (image, snap) = if !os.is_empty() {
-                (format!("snap_{id}"), "v1".to_string())
-            } else {
-                (format!("img_{vol}"), id.clone())
-            };
-            let state = rec["status"]["state"].as_str().unwrap_or("");
-            if state != "Ready" {
-                bad.push(format!("Snapshot record {id} is {state:?}, not Ready"));
-            } else if !images.contains(&image)
-                || !self.snaps(&image).iter().any(|(n, _, p)| *n == snap && *p)
-            {
-                bad.push(format!(
-                    "Snapshot record {id} has no protected rbd snapshot {image}@{snap}"
-                ));
-            }
-        }
-        let trash = self.trash();
-        if !trash.is_empty() {
-            bad.push(format!("rbd trash is not empty: {trash:?}"));
-        }
-        bad
-    }
-
-    fn assert_consistent(&self, when: &str) {
-        let bad = self.inconsistencies();
-        assert!(
-            bad.is_empty(),
-            "pool {} and the store disagree {when}:\n  {}",
-            self.pool,
-            bad.join("\n  ")
-        );
-    }
-
-    /// Best-effort removal of an rbd image and its snapshots (clean-up after a failure): the
-    /// killed daemon's watches are blocklisted first, else `rbd rm` refuses for 30 s.
-    fn purge_image(&self, image: &str) {
-        if self.info(image).is_none() {
-            return;
-        }
-        let spec = self.spec(image);
-        if let Ok(out) = self.try_run("rbd", &["status", &spec, "--format", "json"]) {
-            let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
-            for w in v["watchers"].as_array().cloned().unwrap_or_default() {
-                if let Some(addr) = w["address"].as_str() {
-                    let _ = self.try_run("ceph", &["osd", "blocklist", "add", addr]);
-                }
-            }
-        }
-        let _ = self.try_run("rbd", &["flatten", "--no-progress", &spec]);
-        for (snap, ns, protected) in self.snaps(image) {
-            if ns != "user" {
-                continue;
-            }
-            let s = format!("{spec}@{snap}");
-            if protected {
-                let _ = self.try_run("rbd", &["snap", "unprotect", &s]);
-            }
-            let _ = self.try_run("rbd", &["snap", "rm", "--no-progress", &s]);
-        }
-        if let Err(e) = self.try_run("rbd", &["rm", "--no-progress", &spec]) {
-            eprintln!("clean-up: {e}");
-        }
-    }
-
-    fn remove_record(&self, object: &str, key: &str) {
-        if let Err(e) = self.try_run("rados", &["-p", &self.pool, "rmomapkey", object, key]) {
-            eprintln!("clean-up: {e}");
-        }
-    }
-}
-
-/// What the test created, removed with the CLIs if the test fails half-way (declared before the
-/// daemons so that they are killed first).
-struct Leftovers {
-    ceph: Ceph,
-    /// Volume ids, in creation order (removed newest first: clones before their parents).
-    volumes: Mutex<Vec<String>>,
-    /// Snapshot ids: volume snapshots, and the OS image's digest.
-    snapshots: Mutex<Vec<String>>,
-}
-
-impl Leftovers {
-    fn volume(&self, id: &str) {
-        self.volumes.lock().expect("lock").push(id.to_string());
-    }
-    fn snapshot(&self, id: &str) {
-        self.snapshots.lock().expect("lock").push(id.to_string());
-    }
-}
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        eprintln!("clean-up after failure: removing what this test created");
-        let volumes = std::mem::take(&mut *self.volumes.lock().unwrap_or_else(|p| p.into_inner()));
-        let snapshots =
-            std::mem::take(&mut *self.snapshots.lock().unwrap_or_else(|p| p.into_inner()));
-        for id in volumes.iter().rev() {
-            self.ceph.purge_image(&format!("img_{id}"));
-        }
-        for id in &snapshots {
-            // Re-homed snapshot images and OS images.
-            self.ceph.purge_image(&format!("img_{id}"));
-            self.ceph.purge_image(&format!("snap_{id}"));
-        }
-        for id in volumes.iter().chain(&snapshots) {
-            self.ceph.remove_record(VOLUMES, id);
-        }
-        for id in &snapshots {
-            self.ceph.remove_record(SNAPSHOTS, id);
-        }
-    }
-}
 
 /// Which 4 MiB blocks of `image` differ from the data [`Ceph::write_pattern`] wrote with `seed`,
 /// and what they hold instead (zeroes, the current data of `other`, something else).
@@ -586,58 +111,12 @@ fn explain_difference(ceph: &Ceph, image: &str, other: &str, seed: u64) -> Strin
     )
 }
 
-/// Where a failing run keeps the daemon's log.
-fn log_copy_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e_ceph_crash.log")
-}
-
-/// Copies the daemon's log to `CARGO_TARGET_TMPDIR` when the test fails while it exists
-/// (declare it after the daemon: it must drop first).
-struct KeepLogOnPanic(std::path::PathBuf);
-
-impl Drop for KeepLogOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let to = log_copy_path();
-            match std::fs::copy(&self.0, &to) {
-                Ok(_) => eprintln!("daemon log kept in {}", to.display()),
-                Err(e) => eprintln!("keeping the daemon log {}: {e}", self.0.display()),
-            }
-        }
-    }
-}
-
-fn image_req(class: &str, reference: &str, size: u64) -> pb::CreateVolumeRequest {
-    let mut r = volume_req(class, size as i64, &[]);
-    r.volume
-        .as_mut()
-        .and_then(|v| v.spec.as_mut())
-        .expect("spec")
-        .volume_data_source = Some(pb::VolumeDataSource {
-        image_data_source: Some(pb::ImageDataSource {
-            image: reference.into(),
-            architecture: String::new(),
-        }),
-        snapshot_data_source: None,
-    });
-    r
-}
-
-fn volume_state(v: &pb::Volume) -> i32 {
-    v.status.as_ref().map(|s| s.state).unwrap_or(-1)
-}
-
-/// Prints a step with the time since the start.
-fn step(t0: Instant, what: &str) {
-    eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs ceph: cargo xtask integration"]
 async fn a_killed_daemon_finishes_populate_and_flatten_after_restart_without_leaks_or_data_changes()
 {
     let t0 = Instant::now();
-    let log_copy = log_copy_path();
+    let log_copy = log_copy_path("e2e_ceph_crash");
     let skip = |reason: &str| {
         assert!(
             !integration(),
@@ -708,7 +187,7 @@ async fn a_killed_daemon_finishes_populate_and_flatten_after_restart_without_lea
         snapshots: Mutex::default(),
     };
     let mut d = Daemon::start_in(cephvol_bin!(), dir, &flags).await;
-    let keep_log = KeepLogOnPanic(d.dir.path().join("daemon.log"));
+    let keep_log = KeepLogOnPanic(d.dir.path().join("daemon.log"), "e2e_ceph_crash");
     let mut c = d.clients().await;
     step(t0, "daemon up");
 
@@ -863,7 +342,7 @@ async fn a_killed_daemon_finishes_populate_and_flatten_after_restart_without_lea
     let dir = d.into_dir_after_exit();
     drop(keep_log);
     let mut d = Daemon::start_in(cephvol_bin!(), dir, &flags).await;
-    let _keep_log = KeepLogOnPanic(d.dir.path().join("daemon.log"));
+    let _keep_log = KeepLogOnPanic(d.dir.path().join("daemon.log"), "e2e_ceph_crash");
     let mut c = d.clients().await;
     let t_restart = Instant::now();
     step(t0, "daemon restarted");
