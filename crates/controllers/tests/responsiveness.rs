@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use controllers::snapshot_key;
+use controllers::{image_key, snapshot_key};
 use runner::{OpState, RunnerConfig};
 use store::{ImageState, SnapshotState};
 
@@ -29,7 +29,8 @@ async fn a_new_empty_volume_is_available_while_every_runner_slot_is_busy() {
         },
     );
     w.start().await;
-    // Four OS images whose downloads hang after their first chunk: two populates run, two wait.
+    // Four OS images whose downloads hang after their first chunk: two populates run, the
+    // other two volumes wait for a slot (for their resolve or their populate: one class).
     w.source.hold();
     let mut os_volumes = Vec::new();
     for i in 0..4u8 {
@@ -41,7 +42,9 @@ async fn a_new_empty_volume_is_available_while_every_runner_slot_is_busy() {
     let busy = w
         .wait_for(BUDGET, |r, _, _| {
             let ops = r.runner.snapshot();
-            ops.iter().filter(|o| o.state == OpState::Running).count() == 2
+            let running: Vec<_> = ops.iter().filter(|o| o.state == OpState::Running).collect();
+            running.len() == 2
+                && running.iter().all(|o| o.key.starts_with("snapshot:"))
                 && ops.iter().filter(|o| o.state == OpState::Waiting).count() == 2
         })
         .await;
@@ -89,21 +92,24 @@ async fn a_new_empty_volume_is_available_while_every_runner_slot_is_busy() {
         SnapshotState::Ready
     );
 
-    // The structure that proves it: all four populates are still pending.
+    // The structure that proves it: the four OS volumes' operations are all still pending.
     let ops = w.r().runner.snapshot();
     assert_eq!(ops.len(), 4);
-    for i in 0..4u8 {
+    let mut populating = 0;
+    for (i, v) in os_volumes.iter().enumerate() {
         let digest = digest_of(&format!("os{i}"));
-        assert!(w.r().runner.state(&snapshot_key(&digest)).is_some());
-        let s = w.snapshots().get(&digest).await.unwrap();
-        assert_eq!(s.status.state, SnapshotState::Populating);
+        let state = w.images().get(&v.metadata.id).await.unwrap().status.state;
+        if w.r().runner.state(&snapshot_key(&digest)).is_some() {
+            populating += 1;
+            let s = w.snapshots().get(&digest).await.unwrap();
+            assert_eq!(s.status.state, SnapshotState::Populating);
+            assert_eq!(state, ImageState::Pending);
+        } else {
+            assert!(w.r().runner.state(&image_key(&v.metadata.id)).is_some());
+            assert_eq!(state, ImageState::Resolving);
+        }
     }
-    for v in &os_volumes {
-        assert_eq!(
-            w.images().get(&v.metadata.id).await.unwrap().status.state,
-            ImageState::Pending
-        );
-    }
+    assert!(populating >= 2, "{populating} populates pending");
 
     w.source.release();
     assert!(w.settle(BUDGET).await);
@@ -138,14 +144,16 @@ async fn a_full_runner_is_retried_with_backoff_not_in_a_storm() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     let ops = w.r().runner.snapshot();
     assert_eq!(ops.len(), 1, "one populate runs, nothing waits");
-    // The two rejected snapshots are retried at most every `busy_backoff` (500 ms here): a
-    // storm would have thousands of passes in a virtual minute.
+    // The two rejected volumes are retried at most every `busy_backoff` (500 ms here): a
+    // storm would have thousands of passes in a virtual minute. What is rejected is the
+    // volume's resolve or, once resolved, its snapshot's populate: both need the one slot.
     let mut rejected = 0;
-    for i in 0..3u8 {
+    for (i, id) in ids.iter().enumerate() {
         let digest = digest_of(&format!("busy{i}"));
-        let failures = w.r().probe.snapshot_queue().failures(&digest);
         if w.r().runner.state(&snapshot_key(&digest)).is_none() {
             rejected += 1;
+            let failures = w.r().probe.snapshot_queue().failures(&digest)
+                + w.r().probe.image_queue().failures(id);
             assert!(
                 (5..=200).contains(&failures),
                 "{failures} retries in a minute"
