@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use controllers::{image_key, snapshot_key};
+use rbd_testkit::fake::Op;
 use runner::{OpState, RunnerConfig};
 use store::{ImageState, SnapshotState};
 
@@ -169,5 +170,68 @@ async fn a_full_runner_is_retried_with_backoff_not_in_a_storm() {
             ImageState::Available
         );
     }
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn plain_creates_do_not_wait_for_encrypted_creates_being_formatted() {
+    // As measured on a real cluster: 15 encrypted empty creates at once (seconds of key
+    // derivation each), then 20 plain empty creates one by one.
+    let mut w = World::new(
+        test_config(),
+        RunnerConfig {
+            max_running: 2,
+            ..RunnerConfig::default()
+        },
+    );
+    w.start().await;
+    w.cluster
+        .set_delay(Op::EncryptionFormat, Duration::from_secs(5));
+    let mut encrypted = Vec::new();
+    for i in 0..15 {
+        let mut v = new_volume(20 * MIB);
+        v.spec.encryption = Some(encryption(&w.kek(), format!("pw{i}").as_bytes()));
+        encrypted.push(w.images().create(v).await.unwrap().metadata.id);
+    }
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let t0 = tokio::time::Instant::now();
+        let id = w
+            .images()
+            .create(new_volume(MIB))
+            .await
+            .unwrap()
+            .metadata
+            .id;
+        let available = w
+            .wait_for(BUDGET, |_, images, _| {
+                images
+                    .iter()
+                    .any(|i| i.metadata.id == id && i.status.state == ImageState::Available)
+            })
+            .await;
+        assert!(available);
+        slowest = slowest.max(t0.elapsed());
+    }
+    // Inline formats (three workers, 5 s each) would hold plain creates for tens of seconds.
+    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+    let pending = {
+        let mut n = 0;
+        for id in &encrypted {
+            if w.images().get(id).await.unwrap().status.state != ImageState::Available {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert!(pending > 0, "the formats were still running meanwhile");
+
+    assert!(w.settle(BUDGET).await);
+    for id in &encrypted {
+        let got = w.images().get(id).await.unwrap();
+        assert_eq!(got.status.state, ImageState::Available);
+        assert_eq!(got.status.encryption, store::ENCRYPTION_HEADER_SET);
+    }
+    assert_eq!(w.cluster.calls(Op::EncryptionFormat), 15);
     w.stop().await;
 }
