@@ -1,7 +1,7 @@
 //! What both reconcilers share: stores, backend, runner, queues, configuration, the long-operation
 //! submission protocol and small store helpers (status writes are in `status.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,7 @@ use tracing::debug;
 
 use crate::events::{event, EventRecorder, EventType};
 use crate::queue::WorkQueue;
-use crate::{ControllerConfig, ControllerError, ImageSource, Result};
+use crate::{ControllerConfig, ControllerError, ImageSource, OpClass, Result};
 
 /// How a reconcile pass wants its key to be treated afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +97,12 @@ pub(crate) struct Ctx {
     pub client_key: tokio::sync::Mutex<Option<String>>,
     /// Runner key → earliest time a failed operation may be submitted again.
     pub gates: Mutex<HashMap<String, Instant>>,
+    /// Image id → when its OS image reference last failed to resolve for good (an `Error`
+    /// volume is resolved again only once `resync_period` has passed; in memory only).
+    pub resolve_holds: Mutex<HashMap<String, Instant>>,
+    /// RBD images with a LUKS2 format still running (possibly past its deadline, in the
+    /// background): never two formats of one image at once.
+    pub formats: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Ctx {
@@ -132,11 +138,47 @@ impl Ctx {
         }
     }
 
-    /// Starts a long operation under `key` (see the crate docs): on the runner normally, inline
-    /// in `sync_long_ops` mode. Accepted or already queued/running → [`Action::Wait`] (the
-    /// completion requeues the object); runner full → [`Action::Busy`]; inline success →
-    /// [`Action::Again`]; still backing off after a failed run → [`Action::After`].
-    pub async fn start_op<F, Fut>(self: &Arc<Self>, key: String, op: F) -> Result<Action>
+    /// Records a terminal resolve failure of image `id` (see `resolve_holds`).
+    pub fn hold_resolve(&self, id: &str) {
+        if let Ok(mut h) = self.resolve_holds.lock() {
+            h.insert(id.to_string(), Instant::now());
+        }
+    }
+
+    /// Whether image `id` failed to resolve for good less than `resync_period` ago. Forgets an
+    /// expired hold.
+    pub fn resolve_held(&self, id: &str) -> bool {
+        let Ok(mut h) = self.resolve_holds.lock() else {
+            return false;
+        };
+        match h.get(id) {
+            Some(at) if at.elapsed() < self.cfg.resync_period => true,
+            Some(_) => {
+                h.remove(id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets the resolve hold of image `id` (resolved, or deleted).
+    pub fn release_resolve(&self, id: &str) {
+        if let Ok(mut h) = self.resolve_holds.lock() {
+            h.remove(id);
+        }
+    }
+
+    /// Starts a long operation of `class` under `key` (see the crate docs): on the runner
+    /// normally, inline in `sync_long_ops` mode. Accepted or already queued/running →
+    /// [`Action::Wait`] (the completion requeues the object); runner full → [`Action::Busy`];
+    /// inline success → [`Action::Again`]; still backing off after a failed run →
+    /// [`Action::After`].
+    pub async fn start_op<F, Fut>(
+        self: &Arc<Self>,
+        class: OpClass,
+        key: String,
+        op: F,
+    ) -> Result<Action>
     where
         F: FnOnce(Arc<Ctx>, OpEnv) -> Fut + Send + 'static,
         Fut: Future<Output = Result<()>> + Send + 'static,
@@ -161,16 +203,20 @@ impl Ctx {
             return Ok(Action::Again);
         }
         let ctx = self.clone();
-        let submitted = self.runner.try_submit(key.clone(), move |octx: OpContext| {
+        let run = move |octx: OpContext| {
             let env = OpEnv {
                 token: octx.token(),
                 progress: octx.progress_fn(),
             };
             async move { op(ctx, env).await.map_err(|e| -> OpError { Box::new(e) }) }
-        });
+        };
+        // LEAD: the one place where operations reach the runner. Switch to the runner's
+        // class-aware submit here (passing `class.as_str()`) once the runner has classes;
+        // until then every class shares the runner's single lane.
+        let submitted = self.runner.try_submit(key.clone(), run);
         match submitted {
             Ok(Submitted::Accepted) => {
-                debug!(key, "operation submitted");
+                debug!(key, class = class.as_str(), "operation submitted");
                 Ok(Action::Wait)
             }
             Ok(_) => Ok(Action::Wait),
@@ -345,6 +391,8 @@ impl Ctx {
             snapshot_queue: WorkQueue::new(q),
             client_key: tokio::sync::Mutex::new(None),
             gates: Mutex::new(HashMap::new()),
+            resolve_holds: Mutex::new(HashMap::new()),
+            formats: Arc::default(),
         })
     }
 }

@@ -1,6 +1,8 @@
 //! Flattening the clones of an rbd image or snapshot, on the runner: [`flatten_all`] (used by the
 //! snapshot deletion path and by the image deletion path) and the image deletion's op "flatten
-//! children". Progress counts children, not bytes. Shared by both reconcilers, depends on neither.
+//! children". Progress counts children, not bytes; listing the children is bounded by
+//! `list_children_timeout`, the flattens by the stall watchdog. Shared by both reconcilers,
+//! depends on neither.
 
 use std::sync::Arc;
 
@@ -54,7 +56,7 @@ where
     P: FnMut(u64, u64) -> PF,
     PF: std::future::Future<Output = ()>,
 {
-    let children = match ctx.backend.list_children(image, snap).await {
+    let children = match ctx.list_children(image, snap, &env.token).await {
         Ok(c) => c,
         Err(RbdError::NotFound(_)) => return Ok(()),
         Err(e) => return Err(e.into()),
@@ -93,7 +95,7 @@ where
             })
         }
     }
-    let left = match ctx.backend.list_children(image, snap).await {
+    let left = match ctx.list_children(image, snap, &env.token).await {
         Ok(c) => c,
         Err(RbdError::NotFound(_)) => return Ok(()),
         Err(e) => return Err(e.into()),

@@ -29,21 +29,45 @@
 //!   the periodic resync (`resync_period`), runner completions and cross-object wake-ups: a
 //!   snapshot that becomes `Ready`/`Failed` or is deleted wakes the images whose
 //!   `spec.snapshotRef` names it; a re-homed snapshot image wakes the volume being deleted.
-//! * **Long operations** run on the runner under `image:<id>` / `snapshot:<id>` (populate,
-//!   encrypted fill, flatten of children, flatten of a restore before it is snapshotted). The
-//!   state that says "an operation belongs here" (`Populating`, `Filling`, `FlatteningChildren`,
-//!   `Flattening`) is written **before** submitting, so a restart resumes it: the next pass
-//!   resubmits, the runner deduplicates, and every operation re-reads the object and treats
-//!   "no longer applicable" as success. A completion requeues exactly its object: success or
-//!   cancellation at once; failure with the key's backoff, and until the backoff has passed the
-//!   object's passes do not resubmit (the runner slot is free meanwhile: no sleeping in a slot).
-//!   Operations record their progress in the object's `status.progress` about once per
-//!   `progress_interval`, and a watchdog cancels one whose progress has not moved for
-//!   `stall_timeout`. Deleting an object cancels its populate or fill and waits for the
-//!   completion before cleaning up; the operation removes its partial image itself.
+//! * **Nothing slow in a pass.** A reconcile pass only reads, decides, makes metadata calls
+//!   (milliseconds) and submits. Every call that can take longer — resolving an OS image at its
+//!   registry, opening and copying a rootfs, LUKS2 format (seconds of key derivation), encrypted
+//!   copies, flattens — runs in a long operation on the runner. [`on_reconcile_worker`] tells
+//!   whether the caller runs inside a pass; the tests wrap the fake backend and image source to
+//!   fail when a slow call happens there.
+//! * **Long operations** run on the runner under `image:<id>` / `snapshot:<id>`: resolve of an
+//!   OS image reference, LUKS2 format of an empty encrypted volume, populate, encrypted fill,
+//!   flatten of children, flatten of a restore before it is snapshotted. Each names its
+//!   [`OpClass`]. The state that says "an operation belongs here" (`Resolving`, `Formatting`,
+//!   `Populating`, `Filling`, `FlatteningChildren`, `Flattening`) is written **before**
+//!   submitting, so a restart resumes it: the next pass resubmits, the runner deduplicates, and
+//!   every operation re-reads the object and treats "no longer applicable" as success. A
+//!   completion requeues exactly its object: success or cancellation at once; failure with the
+//!   key's backoff, and until the backoff has passed the object's passes do not resubmit (the
+//!   runner slot is free meanwhile: no sleeping in a slot). Operations record their progress in
+//!   the object's `status.progress` about once per `progress_interval`. Deleting an object
+//!   cancels its resolve, format, populate or fill and waits for the completion before cleaning
+//!   up; the operation removes its partial image itself.
+//! * **Deadlines.** Every phase of a long operation is bounded; a phase that overruns fails the
+//!   operation as retryable, which frees its runner slot and retries it with the key's backoff:
+//!
+//!   | Phase | Bound (`ControllerConfig`, default) |
+//!   |---|---|
+//!   | resolving a reference; opening a rootfs layer up to its response | `resolve_timeout` (3 min) overall; within it the registry client's own connect (10 s) and per-request (60 s) timeouts |
+//!   | reading a rootfs body | the registry client's wait for the next chunk (60 s), then `stall_timeout` |
+//!   | LUKS2 format (empty volume, and before an encrypted fill) | `format_timeout` (5 min) |
+//!   | listing the children to flatten (deletion, snapshot deletion; also in the deletion pass) | `list_children_timeout` (1 min) |
+//!   | stream copies (populate, encrypted fill) and flattens | `stall_timeout` (15 min without progress) |
+//!
+//!   A timed-out format cannot be stopped: the backend runs it on a blocking thread (librbd),
+//!   which finishes in the background. Until it has, a new format of the same image fails as
+//!   retryable (never two formats of one image at once). The registry client's timeouts are its
+//!   own options (`oci::OciOptions`, set by the daemon).
 //! * **Benchmark baseline**: `sync_long_ops` runs the same operations inline on the reconcile
-//!   worker, as the Go provider originally did. Reference for benchmarks only.
-//! * **Encryption**: an encrypted volume created empty gets a LUKS2 header once. A restore of a
+//!   worker, as the Go provider originally did. Reference for benchmarks only (it breaks the
+//!   rule above on purpose, and the tests check that their guard notices).
+//! * **Encryption**: an encrypted volume created empty gets a LUKS2 header once (state
+//!   `Formatting`, on the runner). A restore of a
 //!   snapshot of an encrypted volume is a clone that inherits the header (marked in
 //!   `status.encryption` before the clone exists, so it is never formatted again). An
 //!   encrypted restore of plain data (an OS image or a plain volume's snapshot) cannot be a
@@ -68,7 +92,8 @@
 //! * Shared by both reconcilers: `ctx` (stores, backend, runner, the long-operation protocol),
 //!   `locate` (rbd names, runner keys, where a snapshot's data lives), `status` (progress,
 //!   image `Error`, snapshot `Failed`), `flatten` (flattening clones on the runner).
-//! * `wiring`: feeding and running the reconcilers.
+//! * `deadline`: the bounds of the slow calls long operations make (see *Deadlines*).
+//! * `wiring`: feeding and running the reconcilers; marks the passes for [`on_reconcile_worker`].
 //! * `source`, `kek`, `sizing`: the image-source seam, the key-encryption key of passphrases,
 //!   size rounding and QoS limits.
 //!
@@ -89,6 +114,7 @@ use store::{Image, Snapshot, Store};
 use tokio_util::sync::CancellationToken;
 
 mod ctx;
+mod deadline;
 pub mod events;
 mod flatten;
 pub mod image;
@@ -112,6 +138,32 @@ pub use locate::{
 pub use queue::{QueueConfig, WorkQueue};
 pub use sizing::{limits_for_class, round_size};
 pub use source::*;
+pub use wiring::on_reconcile_worker;
+
+/// The class of a long operation, named at every submission: the runner's lane it belongs to,
+/// so that operations compete for slots with their own kind only (network-bound populates do not
+/// wait for CPU-bound formats). `Ctx::start_op` is the one place that hands it to the runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpClass {
+    /// Network-bound: resolving an OS image reference, populating an OS image's snapshot.
+    Populate,
+    /// CPU-bound: LUKS2 format of an empty encrypted volume, encrypted fill of a restore.
+    Fill,
+    /// Flattens: children of a deleted volume, children of a deleted snapshot, the source of a
+    /// snapshot that is still a clone.
+    Flatten,
+}
+
+impl OpClass {
+    /// The runner's name of the class: `"populate"`, `"fill"` or `"flatten"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OpClass::Populate => "populate",
+            OpClass::Fill => "fill",
+            OpClass::Flatten => "flatten",
+        }
+    }
+}
 
 /// Errors of the controllers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -178,8 +230,20 @@ pub struct ControllerConfig {
     /// How often a running operation writes its progress into the object's status (default 1 s).
     pub progress_interval: Duration,
     /// A long operation whose progress has not moved for this long is cancelled and retried
-    /// (default 15 min; `None` disables the watchdog).
+    /// (default 15 min; `None` disables the watchdog). It watches every stream copy (populate,
+    /// encrypted fill: each chunk written moves it) and every flatten.
     pub stall_timeout: Option<Duration>,
+    /// Overall deadline of one registry resolution: resolving an OS image reference, and opening
+    /// a rootfs layer up to its response (default 3 min). The registry client's own connect and
+    /// per-request timeouts apply within it. Overrunning is a retryable failure.
+    pub resolve_timeout: Duration,
+    /// Deadline of one LUKS2 format (default 5 min; Ceph Pacific needs seconds of key
+    /// derivation). Overrunning is a retryable failure; the backend's blocking thread finishes
+    /// in the background, and the image is not formatted again before it has.
+    pub format_timeout: Duration,
+    /// Deadline of listing the children of an image or snapshot before flattening them
+    /// (default 1 min). Overrunning is a retryable failure.
+    pub list_children_timeout: Duration,
     /// **Reference baseline for benchmarks only (as the Go provider originally did)**: run long
     /// operations inline on the reconcile worker instead of the runner. Default `false`.
     pub sync_long_ops: bool,
@@ -202,6 +266,9 @@ impl Default for ControllerConfig {
             rate_burst: 100,
             progress_interval: Duration::from_secs(1),
             stall_timeout: Some(Duration::from_secs(15 * 60)),
+            resolve_timeout: Duration::from_secs(3 * 60),
+            format_timeout: Duration::from_secs(5 * 60),
+            list_children_timeout: Duration::from_secs(60),
             sync_long_ops: false,
         }
     }
@@ -259,6 +326,8 @@ impl Controllers {
             cfg,
             client_key: tokio::sync::Mutex::new(None),
             gates: std::sync::Mutex::new(Default::default()),
+            resolve_holds: std::sync::Mutex::new(Default::default()),
+            formats: Default::default(),
         };
         Controllers { ctx: Arc::new(ctx) }
     }

@@ -10,15 +10,15 @@
 //! |---|---|---|
 //! | any | `deletedAt` set | deletion path (table below) |
 //! | any | finalizer `snapshot` missing | finalizer added, pass continues |
-//! | `Pending` | OS source | `Populating`, op "populate" submitted |
-//! | `Pending` | volume source whose image is still a clone of another volume's snapshot | op "flatten source" (`snapshot:<id>`, on the runner) flattens it first; stays `Pending` |
+//! | `Pending` | OS source | `Populating`, op "populate" (class `populate`) submitted |
+//! | `Pending` | volume source whose image is still a clone of another volume's snapshot | op "flatten source" (`snapshot:<id>`, class `flatten`, on the runner, stall watchdog) flattens it first; stays `Pending` |
 //! | `Pending` | volume source, rbd snapshot created (or already there from an interrupted earlier pass) and protected | `Ready` (`status.size` = the rbd snapshot's size) |
 //! | `Pending` | volume source missing, deleted without the rbd snapshot, not `Available`, or its rbd image vanished | `Failed` + message |
 //! | `Pending` | no source | `Failed` ("snapshot source is not present") |
 //! | `Populating` | (pass) | op "populate" (re)submitted: a restart resumes here; the runner deduplicates |
 //! | `Populating` | (op "populate", on the runner) `snap_<id>@v1` already exists (an earlier run finished) | `Ready` |
-//! | `Populating` | (op) otherwise | partial `snap_<id>` removed; rootfs opened; `snap_<id>` of `round(size)` created; stream written (`queue_depth`, `chunk_size` = populator buffer, zero chunks skipped, `status.progress` ≈ 1/s); `v1` created + protected → `Ready` with `status.digest`, `status.size` |
-//! | `Populating` | (op) retryable error (registry unavailable, digest mismatch, transient rbd error) | partial image removed, `status.message` set, op fails → retried with backoff (the runner slot is released meanwhile) |
+//! | `Populating` | (op) otherwise | partial `snap_<id>` removed; rootfs opened (within `resolve_timeout`); `snap_<id>` of `round(size)` created; stream written (`queue_depth`, `chunk_size` = populator buffer, zero chunks skipped, `status.progress` ≈ 1/s, stall watchdog; the registry client bounds the wait for each chunk); `v1` created + protected → `Ready` with `status.digest`, `status.size` |
+//! | `Populating` | (op) retryable error (registry unavailable or too slow, digest mismatch, transient rbd error, stalled copy) | partial image removed, `status.message` set, op fails → retried with backoff (the runner slot is released meanwhile) |
 //! | `Populating` | (op) terminal error (not found, no rootfs, malformed, data larger than declared …) | partial image removed, `Failed` + message |
 //! | `Populated` | legacy | `Ready` |
 //! | `Ready` | rbd snapshot present | protected if needed; stays `Ready` |
@@ -32,7 +32,7 @@
 //! |---|---|---|
 //! | any | finalizer missing | nothing |
 //! | not `Flattening`/`Flattened` | an operation (populate) is queued or running | it is cancelled (the populate removes its partial image); the pass waits for the completion |
-//! | not `Flattened` | — | `Flattening`, op "flatten" submitted: flattens the children of the rbd snapshot (`status.progress` = children done/total) → `Flattened` |
+//! | not `Flattened` | — | `Flattening`, op "flatten" (class `flatten`) submitted: lists the children of the rbd snapshot (within `list_children_timeout`) and flattens them (`status.progress` = children done/total, stall watchdog) → `Flattened` |
 //! | `Flattened` | a new child appeared meanwhile (unprotect refused) | `Flattening` again |
 //! | `Flattened` | — | cleanup: rbd snapshot unprotected and removed; OS snapshot → `snap_<id>` removed; an internal re-homed image `<id>` is deleted; **then** the finalizer is dropped (the object vanishes) |
 
@@ -49,7 +49,7 @@ use crate::flatten::flatten_all;
 use crate::status::{mark_snapshot_failed, persist_progress};
 use crate::{
     os_image_name, round_size, snapshot_key, source_details, volume_image_name, ControllerError,
-    Result, OS_SNAPSHOT_NAME,
+    OpClass, Result, OS_SNAPSHOT_NAME,
 };
 
 fn is_os(snap: &Snapshot) -> bool {
@@ -189,9 +189,11 @@ async fn volume_snapshot(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action> {
 
 async fn start_flatten_source(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
     let owned = id.to_string();
-    ctx.start_op(snapshot_key(id), move |ctx, env| async move {
-        flatten_source(ctx, owned, env).await
-    })
+    ctx.start_op(
+        OpClass::Flatten,
+        snapshot_key(id),
+        move |ctx, env| async move { flatten_source(ctx, owned, env).await },
+    )
     .await
 }
 
@@ -226,9 +228,11 @@ async fn flatten_source(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
 
 async fn start_populate(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
     let owned = id.to_string();
-    ctx.start_op(snapshot_key(id), move |ctx, env| async move {
-        populate(ctx, owned, env).await
-    })
+    ctx.start_op(
+        OpClass::Populate,
+        snapshot_key(id),
+        move |ctx, env| async move { populate(ctx, owned, env).await },
+    )
     .await
 }
 
@@ -302,9 +306,8 @@ pub(crate) async fn populate(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()
     remove_os_image(&ctx, &name).await?;
     let arch = snap.metadata.labels.get(ARCHITECTURE_LABEL).cloned();
     let rootfs = match ctx
-        .source
-        .open_rootfs(&snap.source.ironcore_image, arch.as_deref())
-        .await
+        .open_rootfs(&snap.source.ironcore_image, arch.as_deref(), &env.token)
+        .await?
     {
         Ok(r) => r,
         Err(e) if e.is_retryable() => {
@@ -441,7 +444,7 @@ async fn delete(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action> {
         }
         let owned = id.clone();
         return ctx
-            .start_op(key, move |ctx, env| async move {
+            .start_op(OpClass::Flatten, key, move |ctx, env| async move {
                 flatten(ctx, owned, env).await
             })
             .await;

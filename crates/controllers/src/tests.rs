@@ -1,5 +1,6 @@
 //! Unit tests of specific failure points with mocks (mockall): a flatten that fails half-way, a
-//! populate whose stream breaks, a store conflict on update.
+//! populate whose stream breaks, a store conflict on update; and the deadlines of slow calls
+//! (a registry that never answers, a format or a child listing that overruns).
 
 #![allow(clippy::unwrap_used)]
 
@@ -398,4 +399,97 @@ async fn status_writes_of_operations_retry_conflicts_and_keep_the_change() {
     let s = ctx.snapshots.get(DIGEST).await.unwrap();
     assert_eq!(s.status.state, SnapshotState::Failed);
     assert_eq!(s.status.message, "broken");
+}
+
+/// An image source that never answers.
+struct SilentSource;
+
+#[async_trait]
+impl ImageSource for SilentSource {
+    async fn resolve(&self, _: &str, _: Option<&str>) -> Result<ResolvedImage, SourceError> {
+        futures::future::pending().await
+    }
+    async fn open_rootfs(&self, _: &str, _: Option<&str>) -> Result<Rootfs, SourceError> {
+        futures::future::pending().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_registry_that_never_answers_is_a_retryable_failure_after_the_resolve_deadline() {
+    let rbd = rbd_testkit::fake::MemoryBackend::new("pool");
+    let ctx = Ctx::for_tests(Arc::new(rbd), Arc::new(SilentSource), memory_store()).await;
+    let token = rbd::CancellationToken::new();
+    let t0 = tokio::time::Instant::now();
+    let err = ctx
+        .resolve_image("reg/os:latest", None, &token)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(t0.elapsed(), ctx.cfg.resolve_timeout);
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("no answer within"), "{err}");
+    let err = match ctx.open_rootfs("reg/os@sha256:x", None, &token).await {
+        Ok(Err(e)) => e,
+        _ => panic!("the open must time out"),
+    };
+    assert!(err.is_retryable(), "{err}");
+
+    // A cancelled operation does not wait for the deadline.
+    token.cancel();
+    let t0 = tokio::time::Instant::now();
+    assert!(ctx
+        .resolve_image("reg/os:latest", None, &token)
+        .await
+        .is_err());
+    assert_eq!(t0.elapsed(), std::time::Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_format_past_its_deadline_is_retryable_and_never_runs_twice_at_once() {
+    use rbd::BlockBackend;
+    use rbd_testkit::fake::Op;
+    let rbd = rbd_testkit::fake::MemoryBackend::new("pool");
+    rbd.create_image("img_v", 32 << 20).await.unwrap();
+    let deadline = Ctx::for_tests(Arc::new(rbd.clone()), no_source(), memory_store())
+        .await
+        .cfg
+        .format_timeout;
+    rbd.set_delay(Op::EncryptionFormat, deadline * 2);
+    let ctx = Ctx::for_tests(Arc::new(rbd.clone()), no_source(), memory_store()).await;
+    let pass = rbd::Passphrase::new(b"pw".to_vec());
+    let token = rbd::CancellationToken::new();
+
+    let t0 = tokio::time::Instant::now();
+    let err = ctx.format_luks2("img_v", &pass, &token).await.unwrap_err();
+    assert_eq!(t0.elapsed(), deadline);
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("did not finish within"), "{err}");
+
+    // The first format still runs in the background: a second one is refused at once.
+    rbd.set_delay(Op::EncryptionFormat, std::time::Duration::ZERO);
+    let err = ctx.format_luks2("img_v", &pass, &token).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("still running"), "{err}");
+    assert_eq!(rbd.calls(Op::EncryptionFormat), 1);
+
+    // Once it has ended (formatting the image), the next format runs.
+    tokio::time::sleep(deadline + std::time::Duration::from_secs(1)).await;
+    assert!(rbd.is_encrypted("img_v").unwrap());
+    ctx.format_luks2("img_v", &pass, &token).await.unwrap();
+    assert_eq!(rbd.calls(Op::EncryptionFormat), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_child_listing_past_its_deadline_is_a_retryable_failure() {
+    use rbd_testkit::fake::Op;
+    let rbd = rbd_testkit::fake::MemoryBackend::new("pool");
+    let ctx = Ctx::for_tests(Arc::new(rbd.clone()), no_source(), memory_store()).await;
+    rbd.set_delay(Op::ListChildren, ctx.cfg.list_children_timeout * 3);
+    let t0 = tokio::time::Instant::now();
+    let err = ctx
+        .list_children("img_v", None, &rbd::CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert_eq!(t0.elapsed(), ctx.cfg.list_children_timeout);
+    assert!(err.is_retryable(), "{err}");
 }

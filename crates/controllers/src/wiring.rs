@@ -1,6 +1,8 @@
 //! Feeding and running the reconcilers: store watches, initial list, periodic resync, runner
-//! completions and the worker pools. Owns no reconcile logic.
+//! completions and the worker pools. Owns no reconcile logic. Each pass runs inside a task-local
+//! scope, so that [`on_reconcile_worker`] can tell a pass from a long operation.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -15,6 +17,33 @@ use tracing::{debug, info, warn, Instrument};
 use crate::ctx::{Action, Ctx};
 use crate::queue::WorkQueue;
 use crate::{image, snapshot, ControllerError, Result};
+
+tokio::task_local! {
+    /// Set while a reconcile pass runs (the value carries nothing).
+    static RECONCILE_PASS: ();
+}
+
+/// Whether the caller runs inside a reconcile pass on a reconcile worker (also inside a task a
+/// pass spawned through the controllers, and inside a long operation that `sync_long_ops` runs
+/// inline). Long operations on the runner answer false. Nothing that can take more than
+/// milliseconds may run while this is true; the tests assert it.
+pub fn on_reconcile_worker() -> bool {
+    RECONCILE_PASS.try_with(|_| ()).is_ok()
+}
+
+/// Spawns `fut`, inside the reconcile-pass scope when the caller is inside one (the spawned
+/// task works for the pass: [`on_reconcile_worker`] must still see it).
+pub(crate) fn spawn_in_pass_scope<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if on_reconcile_worker() {
+        tokio::spawn(RECONCILE_PASS.scope((), fut))
+    } else {
+        tokio::spawn(fut)
+    }
+}
 
 pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) -> Result<()> {
     // Order matters: completions and watches first, then the initial list, so that no change
@@ -119,7 +148,7 @@ async fn worker(ctx: Arc<Ctx>, queue: WorkQueue, kind: Kind) {
                 Kind::Snapshot => snapshot::reconcile(&ctx, &key).await,
             }
         };
-        let result = AssertUnwindSafe(pass.instrument(span))
+        let result = AssertUnwindSafe(RECONCILE_PASS.scope((), pass.instrument(span)))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| Err(ControllerError::Panic(key.clone())));

@@ -1,6 +1,7 @@
 //! Property test: random interleavings of volume and snapshot operations, injected faults, runner
 //! capacity pressure and provider crashes, on the fake cluster with paused tokio time. After the
-//! system settles, the invariants below must hold. The case count comes from `PROPTEST_CASES`.
+//! system settles, the invariants below must hold, and no slow call may have run on a reconcile
+//! worker. The case count comes from `PROPTEST_CASES`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -62,6 +63,14 @@ enum Step {
     SourceFault {
         kind: u8,
     },
+    /// LUKS2 formats take this long from now on (past `format_timeout` at the top of the range).
+    SlowFormat {
+        ms: u64,
+    },
+    /// The registry stops answering resolves (`true`) or answers again (`false`).
+    MuteRegistry {
+        mute: bool,
+    },
     StoreFault {
         count: usize,
     },
@@ -107,6 +116,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0usize..8).prop_map(|pick| Step::DeleteSnapshot { pick }),
         2 => (0usize..FAULT_OPS.len(), 1usize..=2).prop_map(|(op, count)| Step::Fault { op, count }),
         1 => (0u8..3).prop_map(|kind| Step::SourceFault { kind }),
+        2 => (0u64..6000).prop_map(|ms| Step::SlowFormat { ms }),
+        1 => any::<bool>().prop_map(|mute| Step::MuteRegistry { mute }),
         1 => (1usize..=2).prop_map(|count| Step::StoreFault { count }),
         3 => (0u64..1500).prop_map(|ms| Step::Advance { ms }),
         3 => (1usize..40).prop_map(|n| Step::Yield { n }),
@@ -466,6 +477,16 @@ async fn apply(w: &mut World, m: &mut Model, step: &Step) {
                 .fail_resolve(controllers::SourceError::Unavailable("503".into())),
             _ => w.source.corrupt_next(1),
         },
+        Step::SlowFormat { ms } => w
+            .cluster
+            .set_delay(RbdOp::EncryptionFormat, Duration::from_millis(ms)),
+        Step::MuteRegistry { mute } => {
+            if mute {
+                w.source.mute();
+            } else {
+                w.source.unmute();
+            }
+        }
         Step::StoreFault { count } => w.store_backend.fail_next(count),
         Step::Advance { ms } => tokio::time::sleep(Duration::from_millis(ms)).await,
         Step::Yield { n } => {
@@ -490,6 +511,8 @@ async fn read(w: &World, image: &str, snap: Option<&str>, offset: u64, len: u64)
 
 /// Checks every invariant; returns a description of the first violation.
 async fn check(w: &World, m: &Model) -> Result<(), String> {
+    // Nothing slow ran in a reconcile pass (format, resolve, flatten, stream copies).
+    w.no_slow_calls_on_workers()?;
     let images: Vec<Image> = w.images().list(&ListOptions::default()).await.unwrap();
     let snaps: Vec<Snapshot> = w.snapshots().list(&ListOptions::default()).await.unwrap();
     let by_id: BTreeMap<&str, &Image> =
@@ -661,6 +684,9 @@ fn run_case(steps: Vec<Step>, max_running: usize, max_waiting: usize) -> Result<
     rt.block_on(async move {
         let mut cfg = test_config();
         cfg.worker_size = 2;
+        // Short deadlines, so that slow formats and a muted registry overrun them.
+        cfg.format_timeout = Duration::from_secs(2);
+        cfg.resolve_timeout = Duration::from_secs(1);
         let runner_cfg = RunnerConfig {
             max_running,
             max_waiting,
@@ -682,6 +708,9 @@ fn run_case(steps: Vec<Step>, max_running: usize, max_waiting: usize) -> Result<
         if std::env::var("SM_TRACE").is_ok() {
             eprintln!("apply real {:?}", t0.elapsed());
         }
+        // The slow parts end (a timed-out format still finishes in the background meanwhile).
+        w.cluster.set_delay(RbdOp::EncryptionFormat, Duration::ZERO);
+        w.source.unmute();
         let t0 = std::time::Instant::now();
         let v0 = tokio::time::Instant::now();
         let mut settled = w.settle(Duration::from_secs(60)).await;
@@ -762,7 +791,16 @@ fn run_case(steps: Vec<Step>, max_running: usize, max_waiting: usize) -> Result<
                 .iter()
                 .filter(|e| e.message.starts_with("encrypted copy"))
                 .count();
-            eprintln!("fills {fills}");
+            let format_timeouts = w
+                .events
+                .all()
+                .iter()
+                .filter(|e| e.message.contains("did not finish within"))
+                .count();
+            eprintln!(
+                "fills {fills} format-timeouts {format_timeouts} resolves {}",
+                w.source.resolves()
+            );
             let mut reasons: Vec<String> = w.events.all().into_iter().map(|e| e.reason).collect();
             reasons.sort();
             reasons.dedup();

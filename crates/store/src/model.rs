@@ -184,6 +184,10 @@ string_enum! {
         FlatteningChildren => "FlatteningChildren",
         /// Ours: an encrypted volume is being filled from its source snapshot by a data copy.
         Filling => "Filling",
+        /// Ours: an OS-image volume's reference is being resolved to its snapshot (registry).
+        Resolving => "Resolving",
+        /// Ours: an encrypted volume created empty is getting its LUKS2 header.
+        Formatting => "Formatting",
         /// Ours: provisioning failed; `status.message` says why.
         Error => "Error",
     }

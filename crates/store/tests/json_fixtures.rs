@@ -1,4 +1,5 @@
-//! The JSON layout is the Go provider's (SPEC §1): records written by Go read and write back unchanged.
+//! The JSON layout is the Go provider's: records written by Go read and write back unchanged, and
+//! the states only we write (`Filling`, `Resolving`, `Formatting`) use the same layout.
 
 use std::path::PathBuf;
 
@@ -126,6 +127,30 @@ fn an_image_written_by_us_carries_progress_and_message_and_round_trips() {
 }
 
 #[test]
+fn an_os_volume_resolving_its_reference_round_trips_byte_for_byte() {
+    let img: Image = round_trips_byte_for_byte("image_resolving.json");
+    assert_eq!(img.status.state, ImageState::Resolving);
+    assert_eq!(
+        img.spec.image,
+        "ghcr.io/ironcore-dev/os-images/gardenlinux:1443"
+    );
+    assert_eq!(img.spec.snapshot_ref, None);
+    assert_eq!(img.field(FIELD_SNAPSHOT_REF).as_deref(), Some(""));
+    assert!(img.status.message.starts_with("retrying:"));
+    assert_eq!(img.status.progress, None);
+}
+
+#[test]
+fn an_encrypted_volume_being_formatted_round_trips_byte_for_byte() {
+    let img: Image = round_trips_byte_for_byte("image_formatting.json");
+    assert_eq!(img.status.state, ImageState::Formatting);
+    let enc = img.spec.encryption.as_ref().expect("encryption");
+    assert_eq!(enc.encryption_type, EncryptionType::Encrypted);
+    assert_eq!(img.status.encryption, "", "the header is not set yet");
+    assert_eq!(img.status.message, "");
+}
+
+#[test]
 fn an_os_snapshot_written_by_go_round_trips_byte_for_byte() {
     let s: Snapshot = round_trips_byte_for_byte("snapshot_os_ready.json");
     assert_eq!(s.metadata.id, s.status.digest);
@@ -208,6 +233,8 @@ fn every_known_state_is_written_as_its_go_name() {
         (ImageState::Available, "Available"),
         (ImageState::FlatteningChildren, "FlatteningChildren"),
         (ImageState::Filling, "Filling"),
+        (ImageState::Resolving, "Resolving"),
+        (ImageState::Formatting, "Formatting"),
         (ImageState::Error, "Error"),
     ] {
         assert_eq!(serde_json::to_value(&state).expect("encode"), text);

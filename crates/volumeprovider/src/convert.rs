@@ -114,6 +114,8 @@ pub fn volume_state(state: &ImageState) -> volume_v1::VolumeState {
         ImageState::Available => volume_v1::VolumeState::VolumeAvailable,
         ImageState::Error => volume_v1::VolumeState::VolumeError,
         ImageState::Pending
+        | ImageState::Resolving
+        | ImageState::Formatting
         | ImageState::FlatteningChildren
         | ImageState::Filling
         | ImageState::Other(_) => volume_v1::VolumeState::VolumePending,
@@ -309,6 +311,11 @@ mod tests {
                 volume_v1::VolumeState::VolumePending,
             ),
             (ImageState::Filling, volume_v1::VolumeState::VolumePending),
+            (ImageState::Resolving, volume_v1::VolumeState::VolumePending),
+            (
+                ImageState::Formatting,
+                volume_v1::VolumeState::VolumePending,
+            ),
             (ImageState::Error, volume_v1::VolumeState::VolumeError),
             (
                 ImageState::Other("Future".into()),

@@ -6,17 +6,17 @@
 //!
 //! | Step | What happens |
 //! |---|---|
-//! | 0 | An operation of this image that is not a flatten (a `Filling` copy) is cancelled; the pass waits for its completion. |
+//! | 0 | An operation of this image that is not a flatten (resolve, format, `Filling` copy) is cancelled; the pass waits for its completion. |
 //! | 1 | No `img_<id>` → step 6. |
 //! | 2 | Each rbd snapshot `s` of `img_<id>` whose Snapshot object is live (not deleted, not `Failed`) and still points at this volume is **re-homed**: an internal Image `s` (labels [`INTERNAL_LABEL`]`=rehome`, [`REHOME_OF_LABEL`]`=<id>`, no manager label, so it never appears in ListVolumes) with `snapshotRef = s`, size = the snapshot's size, limits and encryption of the volume; its own reconciler clones it. The pass waits until every `img_<s>` exists. Other rbd snapshots are *orphans* (no record, record deleted or `Failed`): nobody can reference them, so they are flattened away and removed instead of blocking deletion forever. |
-//! | 3 | Children of `img_<id>` (re-home clones and restored volumes) → `FlatteningChildren`, op `image:<id>` "flatten children" on the runner (`status.progress` = children done/total ≈ 1/s). The pass re-runs on completion and repeats until no child is left. |
+//! | 3 | Children of `img_<id>` (re-home clones and restored volumes; listed within `list_children_timeout`) → `FlatteningChildren`, op `image:<id>` "flatten children" (class `flatten`) on the runner (`status.progress` = children done/total ≈ 1/s, stall watchdog). The pass re-runs on completion and repeats until no child is left. |
 //! | 4 | For each re-homed `s`: snapshot `s` (+protect) on `img_<s>`, Snapshot `s` repointed (`source.volumeImageId = s`) **before** the rbd snapshot is removed from the volume (a crash in between cannot lose the pointer). Orphans are removed. |
 //! | 5 | `img_<id>` removed (not-found ignored). |
 //! | 6 | Finalizer dropped (the object vanishes), Normal `ImageDeletionSucceeded`. |
 
 use std::sync::Arc;
 
-use rbd::RbdError;
+use rbd::{CancellationToken, RbdError};
 use store::keys::{CLASS_LABEL, IMAGE_FINALIZER, INTERNAL_LABEL, INTERNAL_REHOME, REHOME_OF_LABEL};
 use store::{Image, ImageSpec, ImageState, Snapshot, SnapshotState, StoreError};
 use tracing::{debug, info};
@@ -24,7 +24,7 @@ use tracing::{debug, info};
 use crate::ctx::{get_opt, ignore_exists, ignore_not_found, modify, Action, Ctx};
 use crate::events::{action, reason, EventType};
 use crate::flatten::flatten_children;
-use crate::{image_key, volume_image_name, Result};
+use crate::{image_key, volume_image_name, OpClass, Result};
 
 /// Deletion path (see the module docs).
 pub(super) async fn delete(ctx: &Arc<Ctx>, img: Image) -> Result<Action> {
@@ -32,6 +32,7 @@ pub(super) async fn delete(ctx: &Arc<Ctx>, img: Image) -> Result<Action> {
         return Ok(Action::Done);
     }
     let id = img.metadata.id.clone();
+    ctx.release_resolve(&id);
     let key = image_key(&id);
     if img.status.state != ImageState::FlatteningChildren && ctx.op_active(&key) {
         ctx.cancel_op(&key);
@@ -67,7 +68,9 @@ pub(super) async fn delete(ctx: &Arc<Ctx>, img: Image) -> Result<Action> {
             return Ok(Action::Wait);
         }
         // Step 3: flatten every child of the volume on the runner.
-        let children = ctx.backend.list_children(&name, None).await?;
+        let children = ctx
+            .list_children(&name, None, &CancellationToken::new())
+            .await?;
         if !children.is_empty() {
             let mut img = img;
             if img.status.state != ImageState::FlatteningChildren {
@@ -77,7 +80,7 @@ pub(super) async fn delete(ctx: &Arc<Ctx>, img: Image) -> Result<Action> {
             }
             let owned = id.clone();
             return ctx
-                .start_op(key, move |ctx, env| async move {
+                .start_op(OpClass::Flatten, key, move |ctx, env| async move {
                     flatten_children(ctx, owned, env).await
                 })
                 .await;

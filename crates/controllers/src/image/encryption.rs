@@ -1,6 +1,7 @@
 //! What the image phases ask about encryption: whether a volume wants it, whether a snapshot's
 //! data is LUKS-encrypted (a snapshot of an encrypted volume), and a volume's passphrase
-//! (decrypted with the configured KEK). Reads only; writes nothing.
+//! (decrypted with the configured KEK), and the size marker of failures only a new volume size
+//! retries. Reads only; writes nothing.
 
 use rbd::Passphrase;
 use store::{EncryptionType, Image, Snapshot, ENCRYPTION_HEADER_SET};
@@ -38,4 +39,10 @@ pub(super) fn passphrase(ctx: &Ctx, img: &Image) -> std::result::Result<Passphra
     kek.decrypt(stored.unwrap_or_default())
         .map(Passphrase::new)
         .map_err(|e| e.to_string())
+}
+
+/// End of `status.message` after an encrypted copy or a LUKS2 format failed for good: the volume
+/// size it failed at (a new size retries).
+pub(super) fn size_marker(size: u64) -> String {
+    format!("(volume size {size})")
 }

@@ -1,10 +1,10 @@
-//! The `Filling` state's op "fill" (`image:<id>`, on the runner): an encrypted restore of plain
-//! data (an OS image, or a snapshot of an unencrypted volume) cannot be a clone, because Ceph
-//! Pacific cannot LUKS-format a clone. The op removes a partial `img_<id>`, creates it empty,
-//! LUKS2-formats it and copies the snapshot's data through the encryption layer; success →
-//! `Pending` with `status.encryption` set (provisioning continues in `provision.rs`); a failure
-//! that cannot change at the same size → `Error`, marked so it is not retried until the volume
-//! is resized.
+//! The `Filling` state's op "fill" (`image:<id>`, class `fill`, on the runner): an encrypted
+//! restore of plain data (an OS image, or a snapshot of an unencrypted volume) cannot be a clone,
+//! because Ceph Pacific cannot LUKS-format a clone. The op removes a partial `img_<id>`, creates
+//! it empty, LUKS2-formats it (within `format_timeout`) and copies the snapshot's data through
+//! the encryption layer (watched by the stall watchdog); success → `Pending` with
+//! `status.encryption` set (provisioning continues in `provision.rs`); a failure that cannot
+//! change at the same size → `Error`, marked so it is not retried until the volume is resized.
 
 use std::sync::Arc;
 
@@ -12,11 +12,13 @@ use rbd::{Passphrase, RbdError, WriteOptions};
 use store::{Image, ImageState, Snapshot, ENCRYPTION_HEADER_SET};
 use tracing::debug;
 
-use super::encryption::passphrase;
+use super::encryption::{passphrase, size_marker};
 use crate::ctx::{get_opt, ignore_not_found, modify, Action, Ctx, OpEnv};
 use crate::events::{action, reason, EventType};
 use crate::status::{persist_progress, set_image_error};
-use crate::{image_key, round_size, source_details, volume_image_name, ControllerError, Result};
+use crate::{
+    image_key, round_size, source_details, volume_image_name, ControllerError, OpClass, Result,
+};
 
 /// Start of `status.message` when the encrypted copy of a restore failed for good.
 pub(super) const FILL_FAILED: &str = "encrypted copy failed";
@@ -24,15 +26,10 @@ pub(super) const FILL_FAILED: &str = "encrypted copy failed";
 /// Submits the fill operation of an encrypted restore.
 pub(super) async fn start_fill(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
     let owned = id.to_string();
-    ctx.start_op(image_key(id), move |ctx, env| async move {
+    ctx.start_op(OpClass::Fill, image_key(id), move |ctx, env| async move {
         fill(ctx, owned, env).await
     })
     .await
-}
-
-/// End of `status.message` after a failed copy: the volume size it failed at (a new size retries).
-pub(super) fn fill_marker(size: u64) -> String {
-    format!("(volume size {size})")
 }
 
 /// Op "fill" (`image:<id>`): builds an encrypted `img_<id>` holding the snapshot's data.
@@ -43,7 +40,7 @@ async fn fill(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
     if img.metadata.is_deleted() || img.status.state != ImageState::Filling {
         return Ok(());
     }
-    let marker = fill_marker(round_size(img.spec.size));
+    let marker = size_marker(round_size(img.spec.size));
     let fail = |msg: String| {
         let ctx = ctx.clone();
         let id = id.clone();
@@ -131,7 +128,7 @@ async fn copy_encrypted(
     env: &OpEnv,
 ) -> Result<()> {
     let name = volume_image_name(&img.metadata.id);
-    ctx.backend.encryption_format(&name, pass).await?;
+    ctx.format_luks2(&name, pass, &env.token).await?;
     let chunk = ctx.cfg.chunk_size();
     let data = ctx.backend.read_stream(parent, Some(psnap), chunk).await?;
     let total_hint = u64::try_from(snap.status.size).unwrap_or(0);

@@ -7,21 +7,30 @@
 //!
 //! # Phases (one file each)
 //! * `mod.rs` (this file): the pass dispatcher and the state table below.
-//! * `provision.rs`: resolve an OS image, create the rbd image (empty or from a snapshot), the
-//!   provisioning steps that end in `Available`, and the `Available` checks (resize, access data).
+//! * `resolve.rs`: the `Resolving` state's op "resolve", an OS image reference → its snapshot.
+//! * `provision.rs`: create the rbd image (empty or from a snapshot), the provisioning steps that
+//!   end in `Available`, and the `Available` checks (resize, access data).
+//! * `format.rs`: the `Formatting` state's op "format", the LUKS2 header of an empty volume.
 //! * `fill.rs`: the `Filling` state's op "fill", the encrypted copy of a restore of plain data.
 //! * `delete.rs`: the deletion path and the re-homing of snapshots (its step table is there).
 //! * `encryption.rs`: what the phases ask about encryption (wanted? source encrypted? passphrase).
 //!
 //! # States (`status.state`) and transitions
 //!
+//! A pass only reads, decides, makes metadata calls and submits; every row marked *(op)* runs
+//! on the runner (class in brackets), bounded by the deadlines in the crate docs.
+//!
 //! | From | Condition (checked in this order each pass) | To / effect |
 //! |---|---|---|
 //! | any | `deletedAt` set | deletion path (step table in `delete.rs`) |
 //! | any | finalizer `image` missing | finalizer added, pass continues |
-//! | `Pending`, `Error` | `spec.image` set, no `spec.snapshotRef`; resolve OK | OS snapshot object `<digest>` created if missing, `spec.snapshotRef = <digest>`, pass continues |
-//! | `Pending`, `Error` | resolve fails terminally (not found, no platform, malformed …) | `Error` + Warning (`NoPlatformMatch` / `ResolveImageFailed`) |
-//! | `Pending`, `Error` | resolve fails retryably | unchanged, retried with backoff |
+//! | `Pending` (any state but `Error`, `Available`, `Resolving`) | `spec.image` set, no `spec.snapshotRef` | `Resolving`, op "resolve" submitted |
+//! | `Resolving` | (pass) | op "resolve" (re)submitted: a restart resumes here; the runner deduplicates |
+//! | `Error` | `spec.image` set, no `spec.snapshotRef`; no terminal resolve failure within `resync_period` (in memory) | op "resolve" submitted, state stays `Error` |
+//! | `Error` | same, terminal resolve failure within `resync_period` | unchanged (the next resync after it tries again) |
+//! | `Resolving`, `Error` | *(op "resolve" [populate])* resolved within `resolve_timeout` | OS snapshot object `<digest>` created if missing, `spec.snapshotRef = <digest>`, → `Pending` |
+//! | `Resolving`, `Error` | *(op)* terminal failure (not found, no platform, malformed …) | `Error` + Warning (`NoPlatformMatch` / `ResolveImageFailed`, once per message) |
+//! | `Resolving` | *(op)* retryable failure (registry unavailable, `resolve_timeout` passed) | `status.message` = `retrying: …`; op fails → retried with backoff |
 //! | `Pending`, `Error` | no rbd image, no snapshot ref | create empty `img_<id>` of `round(size)` → provisioning steps → `Available` |
 //! | `Pending`, `Error` | no rbd image, snapshot ref: snapshot not `Ready` yet / being deleted | unchanged; the snapshot's events requeue the image |
 //! | `Pending`, `Error` | snapshot missing (user restore) / `Failed` / larger than `round(size)` / rbd snapshot vanished / encrypted snapshot restored without encryption | `Error` + Warning, message says why (re-checked every pass: expanding the volume clears "too small") |
@@ -29,9 +38,19 @@
 //! | `Pending`, `Error` | source and volume both unencrypted, or both encrypted | clone `parent@snap` (an encrypted source's LUKS header is inherited: `status.encryption` is set **before** the clone), grow to `round(size)` → provisioning steps → `Available` |
 //! | `Pending`, `Error` | unencrypted source, encrypted volume smaller than snapshot + LUKS2 header (16 MiB) | `Error` (expanding the volume lets it continue) |
 //! | `Pending`, `Error` | unencrypted source, encrypted volume; no KEK configured | `Error` |
-//! | `Pending`, `Error` | unencrypted source, encrypted volume | `Filling` (Pacific cannot LUKS-format a clone) |
-//! | `Filling` | (op `image:<id>` "fill", on the runner) | removes a partial `img_<id>`, creates it empty, LUKS2-formats it, copies `parent@snap` through the encryption layer (`status.progress` ≈ 1/s); success → `Pending` with `status.encryption` set; terminal failure (data does not fit, format unsupported, snapshot vanished) → `Error`, not retried at the same size; other failures remove the partial image and retry with backoff |
-//! | `Pending`, `Error` | rbd image exists (resume) | provisioning steps: `wwn` metadata, LUKS2 header once (never on a clone), `conf_<limit>` metadata (one event), access data → `Available` |
+//! | `Pending`, `Error` | unencrypted source, encrypted volume | `Filling`, op "fill" submitted (Pacific cannot LUKS-format a clone) |
+//! | `Filling` | (pass) | op "fill" (re)submitted |
+//! | `Filling` | *(op "fill" [fill])* | removes a partial `img_<id>`, creates it empty, LUKS2-formats it (`format_timeout`), copies `parent@snap` through the encryption layer (`status.progress` ≈ 1/s, stall watchdog); success → `Pending` with `status.encryption` set; terminal failure (data does not fit, format unsupported, snapshot vanished) → `Error`, not retried at the same size; other failures remove the partial image and retry with backoff |
+//! | `Pending`, `Error` | rbd image exists (resume) | provisioning steps: `wwn` metadata; if the volume is encrypted and its header not set: the row below; then `conf_<limit>` metadata (one event), access data → `Available` |
+//! | `Pending`, `Error` | header needed; no KEK, passphrase undecryptable, or the image is a clone | `Error` + Warning (re-checked every pass: configuring the KEK lets it continue) |
+//! | `Error` | header needed; the format was refused for good at this `round(size)` | unchanged (a new size tries again) |
+//! | `Pending`, `Error` | header needed | `Formatting`, op "format" submitted |
+//! | `Formatting` | rbd image exists | op "format" (re)submitted: a restart resumes here |
+//! | `Formatting` | rbd image missing | created empty again, then as above |
+//! | `Formatting` | *(op "format" [fill])* formatted within `format_timeout` | `status.encryption = EncryptionHeaderSet`, → `Pending`, Normal `ConfigureEncryptionSucceeded` |
+//! | `Formatting` | *(op)* no KEK / passphrase undecryptable / a clone | `Error` + Warning |
+//! | `Formatting` | *(op)* the backend refuses the format (unsupported, invalid) | `Error` + Warning, marked with the size |
+//! | `Formatting` | *(op)* retryable failure, `format_timeout` passed, or an earlier format of the image still running in the background | Warning, `status.message` = `retrying: …`; op fails → retried with backoff |
 //! | `Available` | rbd image exists, `round(size)` > rbd size | resize, `status.size` updated, Normal `UpdatedImageSizeSucceeded` |
 //! | `Available` | `round(size)` < rbd size | stays `Available` (data intact), `status.message` = shrink refused, Warning `UpdateImageSizeFailed` once |
 //! | `Available` | monitors/user/key differ from the configuration | access data refreshed |
@@ -40,7 +59,10 @@
 //! Provisioning failures that are retryable leave the state alone and retry with backoff; terminal
 //! ones (no KEK, undecryptable passphrase, encryption unsupported by the backend) set `Error`.
 //! `Error` is re-evaluated on every pass (events and the periodic resync), so fixing the cause
-//! (expanding the volume, configuring the KEK) lets provisioning continue.
+//! (expanding the volume, configuring the KEK) lets provisioning continue. Two causes are not
+//! re-tried at every pass, because re-trying means another long operation: a terminal resolve
+//! failure (tried again once `resync_period` has passed) and an encrypted copy or format refused
+//! for good (tried again at a new size).
 
 use std::sync::Arc;
 
@@ -56,12 +78,16 @@ use crate::{volume_image_name, Result};
 mod delete;
 mod encryption;
 mod fill;
+mod format;
 mod provision;
+mod resolve;
 
 use delete::delete;
 use fill::start_fill;
-use provision::{available, create, finish, resolve_os_image, Step};
+use format::start_format;
+use provision::{available, create, finish, Step};
 pub use provision::{LIMIT_METADATA_PREFIX, WWN_METADATA_KEY};
+use resolve::{needs_resolve, resolve};
 
 /// One reconcile pass of image `id`.
 pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
@@ -74,11 +100,9 @@ pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
     if img.metadata.add_finalizer(IMAGE_FINALIZER) {
         img = ctx.images.update(&img).await?;
     }
-    if !img.spec.image.is_empty() && img.spec.snapshot_ref.is_none() {
-        match resolve_os_image(ctx, img).await? {
-            Step::Go(i) => img = *i,
-            Step::Stop(a) => return Ok(a),
-        }
+    // An `Available` volume is provisioned: a missing reference (Go records) changes nothing.
+    if needs_resolve(&img) && img.status.state != ImageState::Available {
+        return resolve(ctx, img).await;
     }
     let name = volume_image_name(id);
     let info = match ctx.backend.stat(&name).await {
@@ -100,6 +124,7 @@ pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
             .await;
         }
         (ImageState::Filling, _) => return start_fill(ctx, &img.metadata.id).await,
+        (ImageState::Formatting, Some(_)) => return start_format(ctx, &img.metadata.id).await,
         (_, None) => match create(ctx, img).await? {
             Step::Go(i) => img = *i,
             Step::Stop(a) => return Ok(a),

@@ -1,25 +1,24 @@
-//! Provisioning of a volume: resolve an OS image reference to its snapshot, create `img_<id>`
-//! (empty, or a clone of the snapshot it is restored from), the provisioning steps that end in
-//! `Available`, and the `Available` checks (grow-only resize, access data refresh). The rows
-//! `Pending`/`Error` and `Available` of the state table in `mod.rs` are implemented here; a
-//! restore that needs an encrypted copy is handed to `fill.rs`.
+//! Provisioning of a volume: create `img_<id>` (empty, or a clone of the snapshot it is restored
+//! from), the provisioning steps that end in `Available`, and the `Available` checks (grow-only
+//! resize, access data refresh). The rows `Pending`/`Error` and `Available` of the state table in
+//! `mod.rs` are implemented here; an OS image reference is resolved first by `resolve.rs`, a
+//! restore that needs an encrypted copy is handed to `fill.rs`, and the LUKS2 header of an empty
+//! encrypted volume to `format.rs`. Only metadata calls here: nothing that takes more than
+//! milliseconds.
 
 use std::sync::Arc;
 
 use rbd::{ImageInfo, RbdError, LUKS2_HEADER_SIZE};
-use store::keys::{ARCHITECTURE_LABEL, IMAGE_DIGEST_LABEL};
-use store::{
-    Image, ImageAccess, ImageState, Snapshot, SnapshotSource, SnapshotState, StoreError,
-    ENCRYPTION_HEADER_SET,
-};
+use store::{Image, ImageAccess, ImageState, SnapshotState, ENCRYPTION_HEADER_SET};
 use tracing::{debug, info};
 
-use super::encryption::{passphrase, snapshot_encrypted, wants_encryption};
-use super::fill::{fill_marker, start_fill, FILL_FAILED};
+use super::encryption::{size_marker, snapshot_encrypted, wants_encryption};
+use super::fill::{start_fill, FILL_FAILED};
+use super::format::{format, needs_format};
 use crate::ctx::{get_opt, ignore_exists, Action, Ctx};
 use crate::events::{action, reason, EventType};
 use crate::status::{mark_snapshot_failed, set_image_error};
-use crate::{round_size, source_details, volume_image_name, Result, SourceError};
+use crate::{round_size, source_details, volume_image_name, Result};
 
 /// Prefix of the image metadata keys that carry QoS limits (librbd per-image config overrides).
 pub const LIMIT_METADATA_PREFIX: &str = "conf_";
@@ -32,69 +31,6 @@ pub(super) enum Step {
     Go(Box<Image>),
     /// Stop the pass with this action.
     Stop(Action),
-}
-
-/// OS image reference → Snapshot object `<digest>` (created if missing) and `spec.snapshotRef`.
-pub(super) async fn resolve_os_image(ctx: &Ctx, img: Image) -> Result<Step> {
-    let arch = img
-        .spec
-        .image_architecture
-        .clone()
-        .filter(|a| !a.is_empty());
-    let resolved = match ctx.source.resolve(&img.spec.image, arch.as_deref()).await {
-        Ok(r) => r,
-        Err(e) if e.is_retryable() => return Err(e.into()),
-        Err(e) => {
-            let why = match e {
-                SourceError::NoPlatformMatch(_) => reason::NO_PLATFORM_MATCH,
-                _ => reason::RESOLVE_IMAGE_FAILED,
-            };
-            let msg = format!("resolving {}: {e}", img.spec.image);
-            return set_image_error(ctx, img, why, action::RESOLVE_IMAGE, msg)
-                .await
-                .map(Step::Stop);
-        }
-    };
-    let digest = resolved.digest.clone();
-    if get_opt(&ctx.snapshots, &digest).await?.is_none() {
-        let mut snap = Snapshot::new(
-            digest.clone(),
-            SnapshotSource {
-                ironcore_image: resolved.pinned(),
-                volume_image_id: String::new(),
-            },
-        );
-        snap.metadata
-            .labels
-            .insert(IMAGE_DIGEST_LABEL.to_string(), digest.clone());
-        if let Some(a) = &arch {
-            snap.metadata
-                .labels
-                .insert(ARCHITECTURE_LABEL.to_string(), a.clone());
-        }
-        match ctx.snapshots.create(snap).await {
-            Ok(_) | Err(StoreError::AlreadyExists(_)) => ctx.record(
-                &img.metadata,
-                EventType::Normal,
-                reason::CREATE_IMAGE_SNAPSHOT_SUCCEEDED,
-                action::CREATE_IMAGE_SNAPSHOT,
-                format!("image snapshot {digest} for {}", img.spec.image),
-            ),
-            Err(e) => {
-                ctx.record(
-                    &img.metadata,
-                    EventType::Warning,
-                    reason::CREATE_IMAGE_SNAPSHOT_FAILED,
-                    action::CREATE_IMAGE_SNAPSHOT,
-                    format!("image snapshot {digest}: {e}"),
-                );
-                return Err(e.into());
-            }
-        }
-    }
-    let mut img = img;
-    img.spec.snapshot_ref = Some(digest);
-    Ok(Step::Go(Box::new(ctx.images.update(&img).await?)))
 }
 
 /// No `img_<id>` yet: create it empty or from the snapshot.
@@ -262,7 +198,7 @@ async fn create_from_snapshot(ctx: &Arc<Ctx>, img: Image, sid: &str) -> Result<S
             }
             if img.status.state == ImageState::Error
                 && img.status.message.starts_with(FILL_FAILED)
-                && img.status.message.ends_with(&fill_marker(size))
+                && img.status.message.ends_with(&size_marker(size))
             {
                 // The copy failed for good at this size; only a new size tries again.
                 return stop(Action::Done);
@@ -317,74 +253,18 @@ async fn create_from_snapshot(ctx: &Arc<Ctx>, img: Image, sid: &str) -> Result<S
     Ok(Step::Go(Box::new(img)))
 }
 
-/// The provisioning steps after the rbd image exists: `wwn` metadata, the LUKS2 header once,
-/// the QoS limits as `conf_<limit>` metadata, access data → `Available`.
+/// The provisioning steps after the rbd image exists: `wwn` metadata, the LUKS2 header once (on
+/// the runner: `format.rs`; this pass ends there), the QoS limits as `conf_<limit>` metadata,
+/// access data → `Available`.
 pub(super) async fn finish(ctx: &Arc<Ctx>, mut img: Image) -> Result<Action> {
     let id = img.metadata.id.clone();
     let name = volume_image_name(&id);
     ctx.backend
         .metadata_set(&name, WWN_METADATA_KEY, &img.spec.wwn)
         .await?;
-    if wants_encryption(&img) && img.status.encryption != ENCRYPTION_HEADER_SET {
-        let pass = match passphrase(ctx, &img) {
-            Ok(p) => p,
-            Err(msg) => {
-                return set_image_error(
-                    ctx,
-                    img,
-                    reason::CONFIGURE_ENCRYPTION_FAILED,
-                    action::CONFIGURE_ENCRYPTION,
-                    msg,
-                )
-                .await
-            }
-        };
-        // Never format a clone: it would hide (Reef+) or be refused (Pacific). Only images this
-        // reconciler created empty reach this point with the header unset.
-        if ctx.backend.stat(&name).await?.parent.is_some() {
-            let msg = format!("{name} is a clone and cannot be LUKS-formatted");
-            return set_image_error(
-                ctx,
-                img,
-                reason::CONFIGURE_ENCRYPTION_FAILED,
-                action::CONFIGURE_ENCRYPTION,
-                msg,
-            )
-            .await;
-        }
-        match ctx.backend.encryption_format(&name, &pass).await {
-            Ok(()) => {}
-            Err(e) if e.is_retryable() => {
-                ctx.record(
-                    &img.metadata,
-                    EventType::Warning,
-                    reason::CONFIGURE_ENCRYPTION_FAILED,
-                    action::CONFIGURE_ENCRYPTION,
-                    format!("formatting {name}: {e}"),
-                );
-                return Err(e.into());
-            }
-            Err(e) => {
-                let msg = format!("formatting {name}: {e}");
-                return set_image_error(
-                    ctx,
-                    img,
-                    reason::CONFIGURE_ENCRYPTION_FAILED,
-                    action::CONFIGURE_ENCRYPTION,
-                    msg,
-                )
-                .await;
-            }
-        }
-        img.status.encryption = ENCRYPTION_HEADER_SET.to_string();
-        img = ctx.images.update(&img).await?;
-        ctx.record(
-            &img.metadata,
-            EventType::Normal,
-            reason::CONFIGURE_ENCRYPTION_SUCCEEDED,
-            action::CONFIGURE_ENCRYPTION,
-            "LUKS2 header written",
-        );
+    if needs_format(&img) {
+        let info = ctx.backend.stat(&name).await?;
+        return format(ctx, img, &info).await;
     }
     if !img.spec.limits.is_empty() {
         for (key, value) in &img.spec.limits {

@@ -1,8 +1,14 @@
 //! Test harness shared by the controllers' integration tests: a fake [`ImageSource`], a "world"
 //! (fake cluster + store backend kept across simulated provider restarts) and helpers to drive
-//! paused tokio time until the controllers settle.
+//! paused tokio time until the controllers settle. The world's backend and source are wrapped in
+//! the guard of `guard.rs`; a world that saw a slow call on a reconcile worker fails its test
+//! when it is dropped (unless it runs the `sync_long_ops` baseline, which does so on purpose).
 
 #![allow(dead_code, clippy::unwrap_used)]
+
+pub mod guard;
+
+pub use guard::{GuardedBackend, GuardedSource, SlowCalls};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -51,6 +57,7 @@ struct SourceState {
     /// Streams that end with a digest error (retryable).
     corrupt_next: usize,
     opens: u64,
+    resolves: u64,
 }
 
 /// An in-memory registry: `reg/<name>:latest` → bytes. Failures can be injected; streams can be
@@ -60,6 +67,9 @@ pub struct FakeSource {
     state: Mutex<SourceState>,
     hold: Mutex<bool>,
     released: Notify,
+    /// While set, `resolve` never answers (a registry that accepts and then says nothing).
+    mute: Mutex<bool>,
+    unmuted: Notify,
     pub chunk: usize,
 }
 
@@ -117,6 +127,33 @@ impl FakeSource {
         self.state.lock().unwrap().opens
     }
 
+    /// How many times `resolve` was called.
+    pub fn resolves(&self) -> u64 {
+        self.state.lock().unwrap().resolves
+    }
+
+    /// `resolve` calls from now on (and those waiting) never answer until [`FakeSource::unmute`].
+    pub fn mute(&self) {
+        *self.mute.lock().unwrap() = true;
+    }
+
+    pub fn unmute(&self) {
+        *self.mute.lock().unwrap() = false;
+        self.unmuted.notify_waiters();
+    }
+
+    async fn wait_unmuted(&self) {
+        loop {
+            let n = self.unmuted.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if !*self.mute.lock().unwrap() {
+                return;
+            }
+            n.await;
+        }
+    }
+
     /// Streams opened from now on stop after their first chunk until [`FakeSource::release`].
     pub fn hold(&self) {
         *self.hold.lock().unwrap() = true;
@@ -150,6 +187,8 @@ impl ImageSource for SharedSource {
         reference: &str,
         _architecture: Option<&str>,
     ) -> Result<ResolvedImage, SourceError> {
+        self.0.state.lock().unwrap().resolves += 1;
+        self.0.wait_unmuted().await;
         let mut st = self.0.state.lock().unwrap();
         if let Some(e) = st.resolve_faults.pop_front() {
             return Err(e);
@@ -241,6 +280,8 @@ pub struct Running {
 /// The persistent parts (cluster, store backend, registry) plus the provider currently running.
 pub struct World {
     pub cluster: MemoryBackend,
+    /// Slow calls seen by the guarded backend and source of every provider started here.
+    pub slow: Arc<SlowCalls>,
     pub store_backend: store::MemoryBackend,
     pub source: Arc<FakeSource>,
     pub events: Arc<MemoryEvents>,
@@ -267,6 +308,7 @@ impl World {
     pub fn new(cfg: ControllerConfig, runner_cfg: RunnerConfig) -> Self {
         World {
             cluster: MemoryBackend::builder(POOL).chunk_size(256 * 1024).build(),
+            slow: Arc::default(),
             store_backend: store::MemoryBackend::new(),
             source: Arc::new(FakeSource::new()),
             events: Arc::new(MemoryEvents::new()),
@@ -285,8 +327,14 @@ impl World {
         let controllers = Controllers::new(
             images.clone(),
             snapshots.clone(),
-            Arc::new(self.cluster.clone()),
-            Arc::new(SharedSource(self.source.clone())),
+            Arc::new(GuardedBackend {
+                inner: self.cluster.clone(),
+                slow: self.slow.clone(),
+            }),
+            Arc::new(GuardedSource {
+                inner: SharedSource(self.source.clone()),
+                slow: self.slow.clone(),
+            }),
             runner.clone(),
             self.events.clone(),
             self.cfg.clone(),
@@ -420,6 +468,30 @@ impl World {
 
     pub fn kek(&self) -> Kek {
         Kek::from_bytes(KEK_BYTES).unwrap()
+    }
+
+    /// `Err` naming the slow calls made on a reconcile worker, if any.
+    pub fn no_slow_calls_on_workers(&self) -> Result<(), String> {
+        let v = self.slow.violations();
+        if v.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "slow calls on a reconcile worker ({}): {}",
+                v.len(),
+                v.join(", ")
+            ))
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if !self.cfg.sync_long_ops && !std::thread::panicking() {
+            if let Err(e) = self.no_slow_calls_on_workers() {
+                panic!("{e}");
+            }
+        }
     }
 }
 
