@@ -56,7 +56,8 @@
 //!
 //! **Lists.** [`Store::list`] returns the matching objects sorted by id. Selectors: label equalities (AND),
 //! label existence, and indexed fields ([`Object::indexed_fields`]; images index `spec.snapshotRef`, snapshots
-//! nothing). A field without an indexer is [`StoreError::Invalid`] naming the field, for `list` and `watch`.
+//! nothing). A field without an indexer is [`StoreError::Invalid`] naming the field, for `list` and `watch`. A record that cannot be
+//! decoded is skipped with a warning and counted ([`Store::skipped_records`]) instead of failing the list.
 //!
 //! # Backends
 //!

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::Utc;
@@ -240,6 +241,8 @@ struct Inner<T: Object> {
     locks: Vec<tokio::sync::Mutex<()>>,
     watchers: Mutex<Vec<Arc<Watcher<T>>>>,
     watch_queue: usize,
+    /// Undecodable records skipped by lists (see [`Store::list`]).
+    skipped: AtomicU64,
 }
 
 impl<T: Object> Inner<T> {
@@ -352,6 +355,7 @@ impl<T: Object> Store<T> {
                     .collect(),
                 watchers: Mutex::new(Vec::new()),
                 watch_queue: opts.watch_queue,
+                skipped: AtomicU64::new(0),
             }),
         })
     }
@@ -548,20 +552,37 @@ impl<T: Object> Store<T> {
         }
     }
 
-    /// The objects matching `opts`, sorted by id. Errors: `Invalid` (unknown field, undecodable record),
-    /// `Backend`.
+    /// The objects matching `opts`, sorted by id. Errors: `Invalid` (unknown field), `Backend`.
+    ///
+    /// A record that cannot be decoded (corrupt, or written by an incompatible program) is
+    /// **skipped** with a warning naming it and counted in [`Store::skipped_records`]: one bad
+    /// record must never fail every list (and with it the reconcilers' start and ListVolumes).
+    /// [`Store::get`] of that id still fails with `Invalid`.
     pub async fn list(&self, opts: &ListOptions) -> Result<Vec<T>> {
         opts.validate::<T>()?;
         let records = self.inner.backend.list(T::COLLECTION).await?;
         let mut out = Vec::with_capacity(records.len());
         for (key, bytes) in records {
-            let obj = decode::<T>(&key, &bytes)?;
+            let obj = match decode::<T>(&key, &bytes) {
+                Ok(obj) => obj,
+                Err(e) => {
+                    self.inner.skipped.fetch_add(1, Ordering::Relaxed);
+                    warn!(collection = T::COLLECTION, id = %key, error = %e, "skipping an undecodable record");
+                    continue;
+                }
+            };
             if opts.matches(&obj) {
                 out.push(obj);
             }
         }
         out.sort_by(|a, b| a.metadata().id.cmp(&b.metadata().id));
         Ok(out)
+    }
+
+    /// How many undecodable records the lists of this store (and its clones) have skipped so
+    /// far; a record skipped by several lists counts once per list.
+    pub fn skipped_records(&self) -> u64 {
+        self.inner.skipped.load(Ordering::Relaxed)
     }
 
     /// Starts watching: every mutation made through this store (or a clone of it) after this call is delivered,
