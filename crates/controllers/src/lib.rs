@@ -244,6 +244,14 @@ pub struct ControllerConfig {
     /// Deadline of listing the children of an image or snapshot before flattening them
     /// (default 1 min). Overrunning is a retryable failure.
     pub list_children_timeout: Duration,
+    /// How long a `Failed` OS-image snapshot that volumes still wait for stays failed before it
+    /// is populated again (default 10 min): a registry that comes back or a pool with space again
+    /// heals every waiting volume without intervention.
+    pub os_image_retry: Duration,
+    /// How long an OS-image snapshot that no volume references any more is kept (a cache for the
+    /// next volume of the same digest) before it is removed (`--os-image-gc-grace`, default
+    /// 24 h). Zero keeps them for ever.
+    pub os_image_gc_grace: Duration,
     /// **Reference baseline for benchmarks only (as the Go provider originally did)**: run long
     /// operations inline on the reconcile worker instead of the runner. Default `false`.
     pub sync_long_ops: bool,
@@ -269,10 +277,15 @@ impl Default for ControllerConfig {
             resolve_timeout: Duration::from_secs(3 * 60),
             format_timeout: Duration::from_secs(5 * 60),
             list_children_timeout: Duration::from_secs(60),
+            os_image_retry: Duration::from_secs(10 * 60),
+            os_image_gc_grace: DEFAULT_OS_IMAGE_GC_GRACE,
             sync_long_ops: false,
         }
     }
 }
+
+/// Default `--os-image-gc-grace`: 24 h.
+pub const DEFAULT_OS_IMAGE_GC_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Default `--populator-buffer-size`: 5 MiB.
 pub const DEFAULT_POPULATOR_BUFFER_SIZE: usize = 5 * 1024 * 1024;
@@ -328,6 +341,9 @@ impl Controllers {
             gates: std::sync::Mutex::new(Default::default()),
             resolve_holds: std::sync::Mutex::new(Default::default()),
             formats: Default::default(),
+            last_events: Default::default(),
+            unreferenced: Default::default(),
+            failed_os: Default::default(),
         };
         Controllers { ctx: Arc::new(ctx) }
     }

@@ -160,6 +160,12 @@ async fn worker(ctx: Arc<Ctx>, queue: WorkQueue, kind: Kind) {
             Ok(Action::Busy) => {
                 queue.add_rate_limited_capped(key.clone(), ctx.cfg.busy_backoff);
             }
+            Err(ControllerError::Store(store::StoreError::Invalid(e))) => {
+                // An undecodable record: reading it again gives the same answer. Lists skip it;
+                // the periodic resync brings the key back once the record is readable.
+                warn!(key, error = %e, "record cannot be read; not retried");
+                queue.forget(&key);
+            }
             Err(e) => {
                 let delay = queue.add_rate_limited(key.clone());
                 match &e {
@@ -201,6 +207,11 @@ async fn on_image_event(ctx: &Ctx, ev: WatchEvent<Image>) {
     // A re-homed snapshot image makes progress: the deletion of its volume may continue.
     if let Some(parent) = img.metadata.labels.get(REHOME_OF_LABEL) {
         ctx.image_queue.add(parent.clone());
+    }
+    // The snapshot it is restored from: a deletion waiting for this restore may continue, and
+    // an OS snapshot learns that it is (no longer) used.
+    if let Some(sid) = &img.spec.snapshot_ref {
+        ctx.snapshot_queue.add(sid.clone());
     }
     ctx.image_queue.add(img.metadata.id);
 }

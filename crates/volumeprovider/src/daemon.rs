@@ -363,6 +363,7 @@ async fn run(
             kek: Some(kek.clone()),
             populator_buffer_size: args.populator_buffer(),
             populate_queue_depth: args.populate_queue_depth,
+            os_image_gc_grace: args.os_image_gc_grace,
             ..Default::default()
         },
     );
@@ -397,6 +398,7 @@ async fn run(
                 .then(|| LOCAL_ENCRYPTION.to_string()),
             burst_factor: args.limits_burst_factor,
             burst_duration: args.limits_burst_duration,
+            max_volume_size: args.max_volume_size,
         },
     });
 

@@ -23,7 +23,7 @@
 //! Ours: `--backend local|ceph`, `--data-dir`, `--metrics-address`, `--log-format`, `--log-level`,
 //! `--socket-mode`, `--populate-queue-depth`, `--registry-insecure-hosts` (alias
 //! `--registry-plain-http`), `--registry-skip-tls-verify`, `--registry-ca-file`, `--docker-config`,
-//! `--shutdown-timeout`.
+//! `--shutdown-timeout`, `--max-volume-size`, `--os-image-gc-grace`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +61,27 @@ impl BackendKind {
             BackendKind::Ceph => "ceph",
         }
     }
+}
+
+/// Parses a byte count: digits, optionally followed by `Ki`, `Mi`, `Gi`, `Ti` or `Pi`.
+fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (examples: 1099511627776, 1024Gi, 1Pi)"))?;
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        "Ti" => 40,
+        "Pi" => 50,
+        _ => return Err(format!("invalid size unit in {s:?} (use Ki, Mi, Gi, Ti, Pi)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 /// Log output format.
@@ -209,6 +230,18 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "FILE")]
     pub docker_config: Option<PathBuf>,
 
+    /// Largest volume, in bytes or with a suffix Ki/Mi/Gi/Ti/Pi: bigger CreateVolume and
+    /// ExpandVolume requests are refused (INVALID_ARGUMENT). The default is the largest image
+    /// librbd creates with its default object map and 4 MiB objects; an encrypted volume needs
+    /// 16 MiB of it for its LUKS2 header.
+    #[arg(long, default_value = "1000000Gi", value_parser = parse_bytes)]
+    pub max_volume_size: u64,
+
+    /// How long an OS image's populated copy is kept once no volume uses it (a cache for the
+    /// next volume of that image); 0 keeps them for ever.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub os_image_gc_grace: Duration,
+
     /// How long shutdown waits for running operations before cancelling them.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -255,6 +288,9 @@ impl DaemonArgs {
                 "--limits-burst-factor/--limits-burst-duration",
                 "must not be negative",
             ));
+        }
+        if self.max_volume_size < (1 << 20) {
+            return Err(flag("--max-volume-size", "must be at least 1Mi"));
         }
         if self.volume_event_resync_interval.is_zero() {
             return Err(flag("--volume-event-resync-interval", "must be > 0"));
@@ -467,6 +503,25 @@ mod tests {
         let mut v = vec!["cephvol"];
         v.extend_from_slice(args);
         T::try_parse_from(v).expect("flags parse").d
+    }
+
+    #[test]
+    fn the_size_bound_and_the_os_image_grace_have_defaults_and_parse() {
+        let d = parse(&[]);
+        assert_eq!(
+            d.max_volume_size,
+            crate::validate::DEFAULT_MAX_VOLUME_SIZE
+        );
+        assert_eq!(d.os_image_gc_grace, controllers::DEFAULT_OS_IMAGE_GC_GRACE);
+        let d = parse(&["--max-volume-size=2Pi", "--os-image-gc-grace=0s"]);
+        assert_eq!(d.max_volume_size, 2 << 50);
+        assert!(d.os_image_gc_grace.is_zero());
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert!(parse_bytes("1GB").is_err());
+        assert!(parse_bytes("99999999999Pi").is_err());
+        let mut d = parse(&[]);
+        d.max_volume_size = 1000;
+        assert!(d.validate().is_err());
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct ServerConfig {
     pub burst_factor: i64,
     /// `--limits-burst-duration`.
     pub burst_duration: i64,
+    /// `--max-volume-size`: the largest rbd image a volume may need (see
+    /// [`crate::validate::size_bound`]).
+    pub max_volume_size: u64,
 }
 
 /// Everything the server works on.

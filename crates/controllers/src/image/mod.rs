@@ -68,7 +68,7 @@ use std::sync::Arc;
 
 use rbd::RbdError;
 use store::keys::IMAGE_FINALIZER;
-use store::ImageState;
+use store::{Image, ImageState};
 
 use crate::ctx::{get_opt, Action, Ctx};
 use crate::events::{action, reason};
@@ -92,6 +92,7 @@ use resolve::{needs_resolve, resolve};
 /// One reconcile pass of image `id`.
 pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
     let Some(mut img) = get_opt(&ctx.images, id).await? else {
+        ctx.forget(id);
         return Ok(Action::Done);
     };
     if img.metadata.is_deleted() {
@@ -100,8 +101,9 @@ pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
     if img.metadata.add_finalizer(IMAGE_FINALIZER) {
         img = ctx.images.update(&img).await?;
     }
-    // An `Available` volume is provisioned: a missing reference (Go records) changes nothing.
-    if needs_resolve(&img) && img.status.state != ImageState::Available {
+    // A provisioned volume is never resolved again: a missing reference (Go records) changes
+    // nothing.
+    if needs_resolve(&img) && !provisioned(&img) {
         return resolve(ctx, img).await;
     }
     let name = volume_image_name(id);
@@ -110,19 +112,15 @@ pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
         Err(RbdError::NotFound(_)) => None,
         Err(e) => return Err(e.into()),
     };
+    if provisioned(&img) {
+        // Never provisioned again: its image holds the guest's data, and an empty one in its
+        // place would hide the loss.
+        return match info {
+            Some(info) => available(ctx, img, info).await,
+            None => lost(ctx, img, &name).await,
+        };
+    }
     match (&img.status.state, info) {
-        (ImageState::Available, Some(info)) => return available(ctx, img, info).await,
-        (ImageState::Available, None) => {
-            let msg = format!("rbd image {name} vanished");
-            return set_image_error(
-                ctx,
-                img,
-                reason::IMAGE_VANISHED,
-                action::PROVISION_IMAGE,
-                msg,
-            )
-            .await;
-        }
         (ImageState::Filling, _) => return start_fill(ctx, &img.metadata.id).await,
         (ImageState::Formatting, Some(_)) => return start_format(ctx, &img.metadata.id).await,
         (_, None) => match create(ctx, img).await? {
@@ -132,4 +130,38 @@ pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
         (_, Some(_)) => {}
     }
     finish(ctx, img).await
+}
+
+/// Whether the volume has been provisioned: it is `Available`, or in `Error` with access data
+/// (only the step to `Available` writes access data and nothing removes it, so an `Error` volume
+/// with access data was `Available` before: its image vanished or a resize was refused).
+pub(crate) fn provisioned(img: &Image) -> bool {
+    match img.status.state {
+        ImageState::Available => true,
+        ImageState::Error => img.status.access.is_some(),
+        _ => false,
+    }
+}
+
+/// Start of `status.message` of a provisioned volume whose rbd image is gone for good.
+pub(crate) const IMAGE_LOST: &str = "volume data lost";
+
+/// A provisioned volume whose rbd image answered `NotFound`: `Error` for good once the pool's
+/// image list confirms the image is gone (one Warning `ImageVanished`); a transient answer (the
+/// image is still listed) fails the pass, which is retried with backoff.
+pub(super) async fn lost(ctx: &Arc<Ctx>, img: Image, name: &str) -> Result<Action> {
+    if img.status.state == ImageState::Error && img.status.message.starts_with(IMAGE_LOST) {
+        return Ok(Action::Done);
+    }
+    if !ctx.image_gone(name).await? {
+        return Err(RbdError::Transient(format!(
+            "{name} answered not found but the pool still lists it"
+        ))
+        .into());
+    }
+    let msg = format!(
+        "{IMAGE_LOST}: rbd image {name} vanished; it is not re-created (an empty image would \
+         hide the loss); delete the volume"
+    );
+    set_image_error(ctx, img, reason::IMAGE_VANISHED, action::PROVISION_IMAGE, msg).await
 }
