@@ -126,7 +126,10 @@ pub(crate) async fn mark_snapshot_failed(
         return Ok(true);
     }
     if !failed {
-        info!(snapshot = id, message, "not failed: the snapshot moved, is being deleted or is gone");
+        info!(
+            snapshot = id,
+            message, "not failed: the snapshot moved, is being deleted or is gone"
+        );
     }
     Ok(failed)
 }

@@ -67,8 +67,8 @@ fn count(w: &World, id: &str, why: &str) -> usize {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_vanished_image_puts_its_volume_in_error_for_good_with_one_event_and_never_recreates_it(
-) {
+async fn a_vanished_image_puts_its_volume_in_error_for_good_with_one_event_and_never_recreates_it()
+{
     let w = world().await;
     let v = available(&w, 4 * MIB).await;
     let id = v.metadata.id.clone();
@@ -129,11 +129,8 @@ async fn a_transient_not_found_never_makes_a_live_volume_vanish() {
     let v = available(&w, 4 * MIB).await;
     let id = v.metadata.id.clone();
     for n in 0..3 {
-        w.cluster.fail_next(
-            Op::Stat,
-            2,
-            RbdError::NotFound(volume_image_name(&id)),
-        );
+        w.cluster
+            .fail_next(Op::Stat, 2, RbdError::NotFound(volume_image_name(&id)));
         touch(&w, &id, n).await;
         assert!(w.settle(BUDGET).await);
     }
@@ -222,7 +219,12 @@ async fn rehomed_snapshot(w: &World, data: &[u8]) -> String {
     let s = w.snapshots().create(s).await.unwrap();
     assert!(w.settle(BUDGET).await);
     assert_eq!(
-        w.snapshots().get(&s.metadata.id).await.unwrap().status.state,
+        w.snapshots()
+            .get(&s.metadata.id)
+            .await
+            .unwrap()
+            .status
+            .state,
         SnapshotState::Ready
     );
     id
@@ -311,7 +313,10 @@ async fn an_unprotect_that_keeps_failing_backs_off_and_says_why() {
         tokio::task::yield_now().await;
     }
     let early = w.cluster.calls(Op::Unprotect);
-    assert!(early < 10, "{early} unprotects without time passing: a spin");
+    assert!(
+        early < 10,
+        "{early} unprotects without time passing: a spin"
+    );
     tokio::time::sleep(Duration::from_secs(60)).await;
     let later = w.cluster.calls(Op::Unprotect);
     assert!(later < 40, "{later} unprotects in a minute");
@@ -373,11 +378,7 @@ async fn a_size_the_backend_refuses_for_good_is_one_error_and_no_retry_loop() {
     assert_eq!(w.cluster.calls(Op::Resize), resizes + 1, "not retried");
     assert_eq!(count(&w, &id, reason::UPDATE_IMAGE_SIZE_FAILED), 1);
     assert_eq!(
-        w.cluster
-            .stat(&volume_image_name(&id))
-            .await
-            .unwrap()
-            .size,
+        w.cluster.stat(&volume_image_name(&id)).await.unwrap().size,
         4 * MIB,
         "data and size kept"
     );

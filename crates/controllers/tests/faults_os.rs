@@ -40,8 +40,9 @@ async fn an_os_image_that_failed_to_populate_is_retried_and_heals_every_waiting_
     let reference = w.source.add("flaky-registry", data.clone());
     let digest = digest_of("flaky-registry");
     // The pinned digest answers 404 once (a registry being fixed), then the pool is full once.
-    w.source
-        .fail_open(SourceError::NotFound(format!("reg/flaky-registry@{digest}")));
+    w.source.fail_open(SourceError::NotFound(format!(
+        "reg/flaky-registry@{digest}"
+    )));
     let mut ids = Vec::new();
     for _ in 0..2 {
         let mut v = new_volume(2 * MIB);
@@ -61,8 +62,11 @@ async fn an_os_image_that_failed_to_populate_is_retried_and_heals_every_waiting_
         assert_eq!(events.len(), 1, "the reason is in one event");
         assert!(events[0].message.contains("image not found"), "{events:?}");
     }
-    w.cluster
-        .fail_next(Op::Write, 1, RbdError::Other("No space left on device".into()));
+    w.cluster.fail_next(
+        Op::Write,
+        1,
+        RbdError::Other("No space left on device".into()),
+    );
     // Nobody intervenes: after the retry period the populate runs again, fails on the full
     // pool, and after the next period succeeds.
     assert!(w.settle(BUDGET).await);
@@ -117,16 +121,19 @@ async fn an_os_image_no_volume_uses_is_removed_after_the_grace_period_and_not_be
         "kept within the grace period"
     );
     assert!(w.settle(BUDGET).await);
-    assert!(w.snapshots().get(&digest).await.is_err(), "removed after it");
+    assert!(
+        w.snapshots().get(&digest).await.is_err(),
+        "removed after it"
+    );
     assert!(w.cluster.list_images().await.unwrap().is_empty());
     // The next volume of that image populates it again.
     let mut v = new_volume(MIB);
     v.spec.image = reference;
     let v = w.images().create(v).await.unwrap();
     assert!(
-        w.wait_for(BUDGET, |_, images, _| images
-            .iter()
-            .any(|i| i.metadata.id == v.metadata.id && i.status.state == ImageState::Available))
+        w.wait_for(BUDGET, |_, images, _| images.iter().any(|i| i.metadata.id
+            == v.metadata.id
+            && i.status.state == ImageState::Available))
             .await
     );
     assert_eq!(w.source.opens(), 2);
@@ -258,9 +265,9 @@ async fn a_restore_accepted_after_the_snapshot_deletion_began_fails_instead_of_h
         .set_delay(Op::ListChildren, Duration::from_secs(30));
     w.snapshots().delete(&sid).await.unwrap();
     assert!(
-        w.wait_for(BUDGET, |_, _, snaps| snaps
-            .iter()
-            .any(|s| s.metadata.id == sid && s.status.state == SnapshotState::Flattening))
+        w.wait_for(BUDGET, |_, _, snaps| snaps.iter().any(|s| s.metadata.id
+            == sid
+            && s.status.state == SnapshotState::Flattening))
             .await
     );
     let mut r = new_volume(MIB);
@@ -343,7 +350,10 @@ async fn an_encrypted_volume_as_large_as_its_os_image_is_filled() {
         w.cluster.stat(&name).await.unwrap().size,
         2 * MIB + LUKS2_HEADER_SIZE
     );
-    let read = w.cluster.read(&name, None, LUKS2_HEADER_SIZE, 2 * MIB).await;
+    let read = w
+        .cluster
+        .read(&name, None, LUKS2_HEADER_SIZE, 2 * MIB)
+        .await;
     assert_eq!(read.unwrap().to_vec(), data);
     assert!(w
         .cluster

@@ -438,9 +438,9 @@ async fn retryable_populate_failures_are_retried_and_terminal_ones_fail_the_snap
     let b = w.images().create(b).await.unwrap();
     // Failed until `os_image_retry` has passed (then populated again: see `faults.rs`).
     assert!(
-        w.wait_for(BUDGET, |_, images, _| images
-            .iter()
-            .any(|i| i.metadata.id == b.metadata.id && i.status.state == ImageState::Error))
+        w.wait_for(BUDGET, |_, images, _| images.iter().any(|i| i.metadata.id
+            == b.metadata.id
+            && i.status.state == ImageState::Error))
             .await
     );
     let s = w.snapshots().get(&digest_of("broken")).await.unwrap();

@@ -78,7 +78,11 @@ fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
         "Gi" => 30,
         "Ti" => 40,
         "Pi" => 50,
-        _ => return Err(format!("invalid size unit in {s:?} (use Ki, Mi, Gi, Ti, Pi)")),
+        _ => {
+            return Err(format!(
+                "invalid size unit in {s:?} (use Ki, Mi, Gi, Ti, Pi)"
+            ))
+        }
     };
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("size {s:?} is too large"))
@@ -508,10 +512,7 @@ mod tests {
     #[test]
     fn the_size_bound_and_the_os_image_grace_have_defaults_and_parse() {
         let d = parse(&[]);
-        assert_eq!(
-            d.max_volume_size,
-            crate::validate::DEFAULT_MAX_VOLUME_SIZE
-        );
+        assert_eq!(d.max_volume_size, crate::validate::DEFAULT_MAX_VOLUME_SIZE);
         assert_eq!(d.os_image_gc_grace, controllers::DEFAULT_OS_IMAGE_GC_GRACE);
         let d = parse(&["--max-volume-size=2Pi", "--os-image-gc-grace=0s"]);
         assert_eq!(d.max_volume_size, 2 << 50);

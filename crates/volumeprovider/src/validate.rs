@@ -250,11 +250,7 @@ pub const DEFAULT_MAX_VOLUME_SIZE: u64 = 1_000_000 << 30;
 /// image it needs, `round(bytes)` plus the LUKS2 header when `encrypted`, is at most `max`.
 /// `INVALID_ARGUMENT` naming `field` otherwise.
 pub fn size_bound(field: &str, bytes: u64, encrypted: bool, max: u64) -> Result<(), Status> {
-    let header = if encrypted {
-        rbd::LUKS2_HEADER_SIZE
-    } else {
-        0
-    };
+    let header = if encrypted { rbd::LUKS2_HEADER_SIZE } else { 0 };
     let needed = controllers::round_size(bytes).saturating_add(header);
     if needed > max {
         return Err(invalid(
@@ -534,7 +530,10 @@ mod tests {
             "{}",
             s.message()
         );
-        assert!(size_bound("f", max, true, max).is_err(), "the header on top");
+        assert!(
+            size_bound("f", max, true, max).is_err(),
+            "the header on top"
+        );
         assert!(size_bound("f", max - (1 << 30), true, max).is_ok());
         assert!(size_bound("f", 8 << 60, false, max).is_err(), "8 EiB");
         assert!(size_bound("f", u64::MAX, true, max).is_err());

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | 0 | An OS volume whose OS snapshot is still `Pending`/`Populating` and waited for by no other live volume deletes that snapshot (its populate is cancelled). An operation of this image that is not a flatten (resolve, format, `Filling` copy) is cancelled; the pass waits for its completion. |
 //! | 1 | No `img_<id>` (stat answers not found) → its removal is repeated (not-found ignored: it finishes a removal interrupted half-way, whose image is still listed) → step 6. |
-//! | 2 | Each rbd snapshot `s` of `img_<id>` whose Snapshot object is live (not deleted, not `Failed`) and still points at this volume is **re-homed**: an internal Image `s` (labels [`INTERNAL_LABEL`]`=rehome`, [`REHOME_OF_LABEL`]`=<id>`, no manager label, so it never appears in ListVolumes) with `snapshotRef = s`, size = the snapshot's size, limits and encryption of the volume; its own reconciler clones it. The pass waits until every `img_<s>` exists. Other rbd snapshots are *orphans* (no record, record deleted or `Failed`): nobody can reference them, so they are flattened away and removed instead of blocking deletion forever. |
+//! | 2 | Each rbd snapshot `s` of `img_<id>` whose Snapshot object is live (not `Failed`, and not deleted — or deleted but still `Ready`: its deletion may be waiting for restores that have not cloned it yet) and still points at this volume is **re-homed**: an internal Image `s` (labels [`INTERNAL_LABEL`]`=rehome`, [`REHOME_OF_LABEL`]`=<id>`, no manager label, so it never appears in ListVolumes) with `snapshotRef = s`, size = the snapshot's size as the volume's guest saw it (without a header on top), limits and encryption of the volume; its own reconciler clones it. The pass waits until every `img_<s>` exists. Other rbd snapshots are *orphans* (no record, record deleted or `Failed`): nobody can reference them, so they are flattened away and removed instead of blocking deletion forever. |
 //! | 3 | Children of `img_<id>` (re-home clones and restored volumes; listed within `list_children_timeout`) → `FlatteningChildren`, op `image:<id>` "flatten children" (class `flatten`) on the runner (`status.progress` = children done/total ≈ 1/s, stall watchdog). The pass re-runs on completion and repeats until no child is left. |
 //! | 4 | For each re-homed `s`: snapshot `s` (+protect) on `img_<s>`, Snapshot `s` repointed (`source.volumeImageId = s`) **before** the rbd snapshot is removed from the volume (a crash in between cannot lose the pointer). Orphans are removed. |
 //! | 5 | `img_<id>` removed (not-found ignored). |
@@ -60,15 +60,24 @@ pub(super) async fn delete(ctx: &Arc<Ctx>, img: Image) -> Result<Action> {
         let mut waiting = false;
         for s in &info.snapshots {
             let rec = get_opt(&ctx.snapshots, &s.name).await?;
+            // A snapshot being deleted that is still `Ready` may be kept for restores that
+            // have not cloned it yet (its own deletion path waits for them): it is re-homed like
+            // a live one, never removed under them.
             let live = rec.as_ref().is_some_and(|r| {
-                !r.metadata.is_deleted()
+                let restorable = matches!(
+                    r.status.state,
+                    SnapshotState::Ready | SnapshotState::Populated
+                );
+                (!r.metadata.is_deleted() || restorable)
                     && r.status.state != SnapshotState::Failed
                     && r.source.volume_image_id == id
             });
             if !live {
                 continue;
             }
-            if !ensure_rehome_image(ctx, &img, &s.name, s.size).await? {
+            // The size the volume's guest saw: the re-home image gets its own header on top.
+            let size = s.size.saturating_sub(img.status.header_size);
+            if !ensure_rehome_image(ctx, &img, &s.name, size).await? {
                 waiting = true;
             }
             rehome.push(s.name.clone());

@@ -23,13 +23,13 @@ use store::{Image, ImageAccess, ImageState, SnapshotState, ENCRYPTION_HEADER_SET
 use tracing::{debug, info};
 
 use super::encryption::{size_marker, snapshot_encrypted, wants_encryption};
-use store::keys::INTERNAL_LABEL;
 use super::fill::{start_fill, FILL_FAILED};
 use super::format::{format, needs_format};
 use crate::ctx::{get_opt, ignore_exists, Action, Ctx};
 use crate::events::{action, reason, EventType};
 use crate::status::{mark_snapshot_failed, set_image_error};
 use crate::{round_size, source_details, volume_image_name, Result};
+use store::keys::INTERNAL_LABEL;
 
 /// Prefix of the image metadata keys that carry QoS limits (librbd per-image config overrides).
 pub const LIMIT_METADATA_PREFIX: &str = "conf_";
@@ -149,6 +149,14 @@ async fn create_from_snapshot(ctx: &Arc<Ctx>, img: Image, sid: &str) -> Result<S
             ctx.images.update(&img).await?;
             return stop(Action::Again);
         }
+        if img.metadata.labels.contains_key(INTERNAL_LABEL) {
+            // A re-home image made for a snapshot that was removed meanwhile holds nothing.
+            info!(image = %img.metadata.id, snapshot = sid, "re-home image without its snapshot: deleting it");
+            match ctx.images.delete(&img.metadata.id).await {
+                Ok(()) | Err(store::StoreError::NotFound(_)) => return stop(Action::Done),
+                Err(e) => return Err(e.into()),
+            }
+        }
         let msg = format!("snapshot {sid} does not exist");
         return set_image_error(
             ctx,
@@ -233,9 +241,14 @@ async fn create_from_snapshot(ctx: &Arc<Ctx>, img: Image, sid: &str) -> Result<S
             }
             let msg = format!("rbd snapshot {parent}@{psnap} vanished");
             if !mark_snapshot_failed(ctx, sid, Some((&parent, &psnap)), &msg).await? {
-                // The snapshot moved (re-homed while its volume is deleted) or is going away:
-                // look again.
-                return stop(Action::Again);
+                let now = get_opt(&ctx.snapshots, sid).await?;
+                let here = Some((parent.clone(), psnap.clone()));
+                if now.as_ref().is_some_and(|s| source_details(s) != here) {
+                    // Re-homed while its volume is deleted: look again where it lives now.
+                    return stop(Action::Again);
+                }
+                // Being deleted (or gone) without its data: this restore cannot be made, and
+                // must not hold the deletion.
             }
             return set_image_error(
                 ctx,

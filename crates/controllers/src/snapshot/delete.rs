@@ -30,7 +30,11 @@ pub(super) async fn delete(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action>
         ctx.cancel_op(&key);
         return Ok(Action::Wait);
     }
-    if !flattening && matches!(snap.status.state, SnapshotState::Ready | SnapshotState::Populated)
+    if !flattening
+        && matches!(
+            snap.status.state,
+            SnapshotState::Ready | SnapshotState::Populated
+        )
     {
         let waiting = pending_restores(ctx, &id).await?;
         if !waiting.is_empty() {
@@ -115,8 +119,7 @@ async fn pending_restores(ctx: &Ctx, id: &str) -> Result<Vec<String>> {
         let needs = match img.status.state {
             ImageState::Filling => true,
             ImageState::Pending => {
-                !ctx
-                    .backend
+                !ctx.backend
                     .image_exists(&volume_image_name(&img.metadata.id))
                     .await?
             }

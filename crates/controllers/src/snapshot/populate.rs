@@ -14,7 +14,9 @@ use tracing::{debug, info, warn};
 use super::is_os;
 use crate::ctx::{get_opt, ignore_exists, ignore_not_found, modify, Action, Ctx, OpEnv};
 use crate::status::{mark_snapshot_failed, persist_progress};
-use crate::{os_image_name, round_size, snapshot_key, ControllerError, OpClass, Result, OS_SNAPSHOT_NAME};
+use crate::{
+    os_image_name, round_size, snapshot_key, ControllerError, OpClass, Result, OS_SNAPSHOT_NAME,
+};
 
 pub(super) async fn start_populate(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
     let owned = id.to_string();

@@ -45,7 +45,11 @@ impl SlowCalls {
     }
 
     fn intercept(&self, image: &str, snap: &str) -> Option<Result<bool>> {
-        self.hook.lock().unwrap().as_mut().and_then(|h| h(image, snap))
+        self.hook
+            .lock()
+            .unwrap()
+            .as_mut()
+            .and_then(|h| h(image, snap))
     }
 
     /// How many slow calls were made at all.
