@@ -28,7 +28,9 @@
 //! * **Feeding**: store watches (opened before the initial list; a watch `Resync` re-lists),
 //!   the periodic resync (`resync_period`), runner completions and cross-object wake-ups: a
 //!   snapshot that becomes `Ready`/`Failed` or is deleted wakes the images whose
-//!   `spec.snapshotRef` names it; a re-homed snapshot image wakes the volume being deleted.
+//!   `spec.snapshotRef` names it; an image that becomes `Available`/`Error` or is deleted wakes
+//!   the snapshot it names (a deletion waiting for it, an OS image losing its last user); a
+//!   re-homed snapshot image wakes the volume being deleted.
 //! * **Nothing slow in a pass.** A reconcile pass only reads, decides, makes metadata calls
 //!   (milliseconds) and submits. Every call that can take longer — resolving an OS image at its
 //!   registry, opening and copying a rootfs, LUKS2 format (seconds of key derivation), encrypted

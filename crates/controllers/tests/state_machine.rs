@@ -1,3 +1,4 @@
+// size: one property test; its steps, model, application and invariants are read together.
 //! Property test: random interleavings of volume and snapshot operations, injected faults, runner
 //! capacity pressure and provider crashes, on the fake cluster with paused tokio time. After the
 //! system settles, the invariants below must hold, and no slow call may have run on a reconcile
