@@ -1,4 +1,4 @@
-//! `cargo xtask ceph|integration|codegen`: the real-Ceph tooling (issue 5).
+//! `cargo xtask ceph|integration|codegen`: the real-Ceph tooling.
 //!
 //! * `ceph up|down|status|env|destroy`: a single-node cluster under `target/ceph` ([`cluster`]).
 //! * `integration`: brings the cluster up if needed, runs every suite of [`SUITES`] against it, and
