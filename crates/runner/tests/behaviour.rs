@@ -517,6 +517,7 @@ async fn progress_updates_come_at_most_once_per_interval_and_only_after_reports(
         max_running: 1,
         max_waiting: 1,
         progress_interval: Duration::from_secs(5),
+        ..RunnerConfig::default()
     });
     let (ctx_tx, ctx_rx) = oneshot::channel::<OpContext>();
     let (end_tx, end_rx) = oneshot::channel::<()>();
