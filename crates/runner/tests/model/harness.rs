@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use proptest::prelude::*;
 use runner::{
     ClassConfig, Completions, OpContext, OpError, OpState, Outcome, Runner, RunnerConfig,
@@ -119,9 +120,10 @@ pub(crate) struct Track {
     pub(crate) waiters: BTreeMap<u64, Waiter>,
     /// Accepted, not completed: key -> (id, class, acceptance number, started).
     pub(crate) active: HashMap<String, (usize, usize, u64, bool)>,
+    /// Operations that completed (cancelled) before they started.
     pub(crate) cancelled_waiting: HashSet<usize>,
-    /// Per class, the acceptance number of the last started operation.
-    pub(crate) last_started: HashMap<usize, u64>,
+    /// The acceptance number of the next accepted operation.
+    pub(crate) next_seq: u64,
 }
 
 pub(crate) struct Harness {
@@ -132,10 +134,26 @@ pub(crate) struct Harness {
     pub(crate) blocked_task: Option<JoinHandle<Result<Submitted, SubmitError>>>,
     pub(crate) shutdown_task: Option<JoinHandle<()>>,
     pub(crate) next_id: usize,
-    /// The id of the blocked submission, until it gets an answer.
-    pub(crate) blocked_id: Option<usize>,
+    /// The blocked submission (id, key, class), until it gets an answer.
+    pub(crate) blocked_op: Option<(usize, String, usize)>,
+    /// Its answer, once it got one in the current step.
+    pub(crate) blocked_result: Option<Result<Submitted, SubmitError>>,
+    /// When the current step started.
+    pub(crate) step_at: Instant,
+    /// Answers that differed from the model's in the current step.
+    pub(crate) mismatches: Vec<String>,
     pub(crate) model: Model,
     pub(crate) track: Track,
+}
+
+/// Longer than any wait the runner may impose in a case (deadlines are a few seconds).
+const STUCK: Duration = Duration::from_secs(3600);
+
+/// Whether only the properties are checked, not the comparison with the model
+/// (`MODEL_PROPERTIES_ONLY=1`): to see a property fail on its own on a deliberately broken
+/// scheduler, which the comparison would usually report first.
+fn properties_only() -> bool {
+    std::env::var_os("MODEL_PROPERTIES_ONLY").is_some_and(|v| v == "1")
 }
 
 /// Lets every task run until all are blocked (the paused clock only moves when idle).
@@ -169,13 +187,17 @@ impl Harness {
             blocked_task: None,
             shutdown_task: None,
             next_id: 0,
-            blocked_id: None,
+            blocked_op: None,
+            blocked_result: None,
+            step_at: Instant::now(),
+            mismatches: Vec::new(),
             model: Model::new(cfg),
             track: Track::default(),
         }
     }
 
     pub(crate) async fn step(&mut self, action: &Action) -> Result<(), TestCaseError> {
+        self.step_at = Instant::now();
         self.mark_aged();
         match *action {
             Action::TrySubmit { key, class, obeys } => {
@@ -194,6 +216,13 @@ impl Harness {
         }
         until_idle().await;
         let (started, got) = self.check_properties()?;
+        if properties_only() {
+            self.model.starts.clear();
+            self.model.completions.clear();
+            self.model.blocked_answer = None;
+            self.mismatches.clear();
+            return Ok(());
+        }
         self.check_model(started, got).await
     }
 
@@ -209,24 +238,19 @@ impl Harness {
         }
     }
 
-    /// Records an accepted operation for the property checks.
-    pub(crate) fn accepted(&mut self, id: usize) {
-        let m = &self.model;
-        let op = m
-            .running
-            .iter()
-            .chain(m.waiting.iter().flatten())
-            .find(|op| op.id == id)
-            .expect("an accepted op is in the model");
-        self.track
-            .active
-            .insert(op.key.clone(), (id, op.class, op.seq, false));
-        self.track.waiters.insert(
-            op.seq,
+    /// Records an operation the runner accepted, for the property checks: its acceptance
+    /// number is the order in which the harness saw the answers.
+    pub(crate) fn accepted(&mut self, id: usize, key: String, class: usize, at: Instant) {
+        let t = &mut self.track;
+        let seq = t.next_seq;
+        t.next_seq += 1;
+        t.active.insert(key, (id, class, seq, false));
+        t.waiters.insert(
+            seq,
             Waiter {
                 id,
-                class: op.class,
-                accepted_at: op.accepted_at.expect("accepted"),
+                class,
+                accepted_at: at,
                 aged: None,
             },
         );
@@ -254,48 +278,60 @@ impl Harness {
         let (op, gate) = make_op(&self.observed, self.model.max_running, id, obeys);
         let wait = wait && self.model.blocked.is_none();
         let expected = self.model.admit(model_op.clone());
-        if matches!(expected, Some(Ok(Submitted::Accepted)) | None) {
-            // Kept for when the op runs (a blocked submission may be accepted later).
-            self.gates.insert(id, gate);
-        }
+        // Kept for when the op runs (a blocked submission may be accepted later; a runner that
+        // differs from the model may run an op the model refused).
+        self.gates.insert(id, gate);
         let k = key_name(key);
         let runner = self.runner.clone();
-        match (expected, wait) {
+        let answer = match (expected, wait) {
             (Some(expected), false) => {
                 let answer = match name {
-                    None => runner.try_submit(k, op),
-                    Some(name) => runner.try_submit_in(name, k, op),
+                    None => runner.try_submit(k.clone(), op),
+                    Some(name) => runner.try_submit_in(name, k.clone(), op),
                 };
-                prop_assert_eq!(answer, expected);
+                self.compare("try_submit", answer, expected);
+                answer
             }
             (Some(expected), true) => {
-                let answer = match name {
-                    None => runner.submit(k, op).await,
-                    Some(name) => runner.submit_in(name, k, op).await,
+                // The model answers at once; a runner that blocks instead is reported, not awaited
+                // forever (the paused clock jumps to the timeout once everything is idle).
+                let submit = async {
+                    match name {
+                        None => runner.submit(k.clone(), op).await,
+                        Some(name) => runner.submit_in(name, k.clone(), op).await,
+                    }
                 };
-                prop_assert_eq!(answer, expected);
+                let Ok(answer) = tokio::time::timeout(STUCK, submit).await else {
+                    self.mismatches
+                        .push(format!("submit: runner blocked, model {expected:?}"));
+                    return Ok(());
+                };
+                self.compare("submit", answer, expected);
+                answer
             }
             (None, false) => {
                 let answer = match name {
-                    None => runner.try_submit(k, op),
-                    Some(name) => runner.try_submit_in(name, k, op),
+                    None => runner.try_submit(k.clone(), op),
+                    Some(name) => runner.try_submit_in(name, k.clone(), op),
                 };
-                prop_assert_eq!(answer, Err(SubmitError::Busy));
+                self.compare("try_submit", answer, Err(SubmitError::Busy));
+                answer
             }
             (None, true) => {
                 // Blocks until there is room: run it as a task.
                 self.model.blocked = Some(model_op);
-                self.blocked_id = Some(id);
+                self.blocked_op = Some((id, k.clone(), class));
                 self.blocked_task = Some(tokio::spawn(async move {
                     match name {
                         None => runner.submit(k, op).await,
                         Some(name) => runner.submit_in(name, k, op).await,
                     }
                 }));
+                return Ok(());
             }
-        }
-        if expected == Some(Ok(Submitted::Accepted)) {
-            self.accepted(id);
+        };
+        if answer == Ok(Submitted::Accepted) {
+            self.accepted(id, k, class, Instant::now());
         }
         Ok(())
     }
@@ -313,7 +349,8 @@ impl Harness {
             Cmd::Panic => Outcome::Failed(format!("panicked: {}", panic_text(op.id))),
         };
         let gate = self.gates.remove(&op.id).expect("a running op has a gate");
-        gate.send(cmd).expect("the op waits on its gate");
+        // Fails only if the runner dropped the op, which the checks report.
+        let _ = gate.send(cmd);
         self.model.end_running(index, outcome);
     }
 
@@ -339,7 +376,8 @@ impl Harness {
         } else {
             false
         };
-        prop_assert_eq!(self.runner.cancel(&key), expected);
+        let answer = self.runner.cancel(&key);
+        self.compare("cancel", answer, expected);
         Ok(())
     }
 
@@ -405,38 +443,55 @@ impl Harness {
         while let Some(c) = self.completions.try_recv() {
             got.push((c.key, c.outcome));
         }
-        if self.model.blocked_answer == Some(Ok(Submitted::Accepted)) {
-            let id = self.blocked_id.take().expect("a blocked submission");
-            self.accepted(id);
+        if self
+            .blocked_task
+            .as_ref()
+            .is_some_and(JoinHandle::is_finished)
+        {
+            let task = self.blocked_task.take().expect("checked above");
+            let answer = task
+                .now_or_never()
+                .expect("a finished task")
+                .expect("submitter task");
+            let (id, key, class) = self.blocked_op.take().expect("a blocked submission");
+            if answer == Ok(Submitted::Accepted) {
+                // Accepted during the step, at its start time (the clock moves only when idle).
+                self.accepted(id, key, class, self.step_at);
+            }
+            self.blocked_result = Some(answer);
         }
+        // A cancelled waiting operation never runs (in this harness, no operation starts and
+        // completes in one step: a completion of an operation not started before the step is a
+        // cancellation while waiting).
+        let t = &mut self.track;
+        let cancelled_now: HashSet<usize> = got
+            .iter()
+            .filter_map(|(key, _)| t.active.get(key).filter(|a| !a.3).map(|a| a.0))
+            .collect();
+        let ran = started
+            .iter()
+            .find(|id| t.cancelled_waiting.contains(id) || cancelled_now.contains(id));
+        prop_assert!(ran.is_none(), "cancelled waiting op {:?} ran", ran);
+
         // Bound and one run per key, as observed by the operations.
         prop_assert!(violations.is_empty(), "violations: {:?}", violations);
 
-        // Starts: never a cancelled waiting operation; FIFO within a class.
-        let t = &mut self.track;
+        // Starts: FIFO within a class.
         for &id in &started {
-            prop_assert!(
-                !t.cancelled_waiting.contains(&id),
-                "cancelled waiting op {} ran",
-                id
-            );
             let (key, &(_, class, seq, _)) = t
                 .active
                 .iter()
                 .find(|(_, a)| a.0 == id)
                 .ok_or_else(|| TestCaseError::fail(format!("op {id} ran unaccepted")))?;
             let key = key.clone();
-            if let Some(&last) = t.last_started.get(&class) {
-                prop_assert!(
-                    seq > last,
-                    "FIFO within class {}: op {} (accepted #{}) started after #{}",
-                    class,
-                    id,
-                    seq,
-                    last
-                );
-            }
-            t.last_started.insert(class, seq);
+            let older = t.waiters.range(..seq).find(|(_, w)| w.class == class);
+            prop_assert!(
+                older.is_none(),
+                "FIFO within class {}: op {} started while op {:?} accepted before it waits",
+                class,
+                id,
+                older.map(|(_, w)| w.id)
+            );
             t.waiters.remove(&seq);
             t.active.get_mut(&key).expect("found above").3 = true;
         }
@@ -493,12 +548,23 @@ impl Harness {
         Ok((started, got))
     }
 
+    /// Records an answer of the runner that differs from the model's (reported after the
+    /// properties, by `check_model`).
+    fn compare<T: std::fmt::Debug + PartialEq>(&mut self, what: &str, answer: T, expected: T) {
+        if answer != expected {
+            self.mismatches
+                .push(format!("{what}: runner {answer:?}, model {expected:?}"));
+        }
+    }
+
     /// That the runner is the model.
     pub(crate) async fn check_model(
         &mut self,
         started: Vec<usize>,
         mut got: Vec<(String, Outcome)>,
     ) -> Result<(), TestCaseError> {
+        let mismatches = std::mem::take(&mut self.mismatches);
+        prop_assert!(mismatches.is_empty(), "answers: {:?}", mismatches);
         let m = &mut self.model;
         prop_assert_eq!(&started, &m.starts, "starts");
         m.starts.clear();
@@ -508,12 +574,25 @@ impl Harness {
         prop_assert_eq!(got, expected, "completions");
 
         // The blocked submitter.
-        if let Some(answer) = m.blocked_answer.take() {
-            let task = self.blocked_task.take().expect("a blocked submitter");
-            prop_assert!(task.is_finished(), "the blocked submitter got its answer");
-            prop_assert_eq!(task.await.expect("submitter task"), answer);
-        } else if let Some(task) = &self.blocked_task {
-            prop_assert!(!task.is_finished(), "the submitter is still blocked");
+        match (m.blocked_answer.take(), self.blocked_result.take()) {
+            (Some(expected), Some(answer)) => {
+                prop_assert_eq!(answer, expected, "blocked submitter")
+            }
+            (Some(expected), None) => {
+                prop_assert!(
+                    false,
+                    "the blocked submitter should have got {:?}",
+                    expected
+                );
+            }
+            (None, Some(answer)) => {
+                prop_assert!(
+                    false,
+                    "the submitter got {:?} but should still wait",
+                    answer
+                );
+            }
+            (None, None) => {}
         }
 
         // Views.
@@ -592,7 +671,8 @@ impl Harness {
         let completed: u64 = self.model.completed.iter().sum();
         prop_assert_eq!(accepted, completed);
         let task = self.shutdown_task.take().expect("shutdown started");
-        task.await.expect("shutdown task");
+        let ended = tokio::time::timeout(STUCK, task).await;
+        prop_assert!(ended.is_ok(), "shutdown returned");
         prop_assert!(
             self.completions.recv().await.is_none(),
             "subscription closed"
