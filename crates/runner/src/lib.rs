@@ -31,7 +31,7 @@
 //!   3. any other head;
 //!
 //!   within a rank, the oldest first (acceptance order). Freeing one slot starts at most one
-//!   operation, and a waiting operation never starts while a slot it may take stays free.
+//!   operation, and no slot stays free while a waiting operation may take it.
 //! * **No starvation.** A class never waits for a slot while it has nothing running (when every
 //!   class reserves one). And once an operation has waited `aging`, with `n` operations accepted
 //!   before it still waiting, it starts at the latest at the `n + 1`-th completion of an
@@ -117,6 +117,40 @@
 //! assert_eq!(completions.recv().await.map(|c| c.outcome), Some(Outcome::Ok));
 //! assert_eq!(completions.recv().await, None); // closed by shutdown
 //! assert_eq!(runner.metrics().succeeded, 2);
+//! # }
+//! ```
+//!
+//! With classes: a burst of image pulls does not hold up a deletion's flatten.
+//! ```
+//! use std::time::Duration;
+//! use runner::{ClassConfig, OpState, Runner, RunnerConfig, ShutdownMode, Submitted};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let runner = Runner::new(RunnerConfig {
+//!     max_running: 10,
+//!     classes: vec![
+//!         ClassConfig::new("populate", 5),
+//!         ClassConfig::new("fill", 3),
+//!         ClassConfig::new("flatten", 2),
+//!     ],
+//!     ..RunnerConfig::default()
+//! });
+//! for i in 0..50 {
+//!     let pull = |ctx: runner::OpContext| async move {
+//!         ctx.cancelled().await; // a long pull, until cancelled
+//!         Err("stopped".into())
+//!     };
+//!     let _ = runner.try_submit_in("populate", format!("image:{i}"), pull);
+//! }
+//! // 8 pulls run: one slot each stays free for fill and flatten, which have nothing running.
+//! let m = runner.metrics();
+//! assert_eq!((m.classes[0].running, m.classes[0].waiting), (8, 42));
+//!
+//! let answer = runner.try_submit_in("flatten", "flatten:child", |_ctx| async { Ok(()) });
+//! assert_eq!(answer, Ok(Submitted::Accepted));
+//! assert_eq!(runner.state("flatten:child"), Some(OpState::Running));
+//! runner.shutdown(ShutdownMode::Cancel { deadline: Duration::from_secs(1) }).await;
 //! # }
 //! ```
 

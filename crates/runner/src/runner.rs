@@ -12,9 +12,16 @@
 //!   `waiting` and `idle` (classes with nothing running) are the sums; `running` ≤ `max_running`,
 //!   `waiting` ≤ `max_waiting`.
 //! * Between critical sections, no waiting operation may start (`Classes::may_start` is false
-//!   for the class of every head). When every class reserves a slot, free slots ≥ `idle`.
-//!   Freeing a slot enables at most one start (see the crate docs), so the critical section that
-//!   frees a slot hands it, with the chosen operation, back to the same lane, or to nobody.
+//!   for the class of every head). When every class reserves a slot (guards), free slots ≥
+//!   `idle`, so a class with nothing running has nothing waiting.
+//! * Freeing a slot enables at most one start, so the critical section that frees a slot hands
+//!   it, with the chosen operation, back to the same lane, or to nobody. Without guards: one
+//!   slot, one start. With guards, a busy class may start iff `free > idle`, an idle one iff
+//!   `free >= idle`; before the finish, no head may start. If the finishing class still runs
+//!   something, `free` grows by one and `idle` stays: busy classes may start, and one start
+//!   restores the counts. If it becomes idle, both grow by one: busy classes still may not
+//!   start, only the finishing class may (its own head), and one start restores the counts.
+//!   Admissions and cancellations of waiting operations never make another head startable.
 //! * An operation's code runs only while its slot is held: the slot is taken before the
 //!   operation is handed to a lane (the task behind a slot) and released by that lane after the
 //!   operation's future or closure has returned.
