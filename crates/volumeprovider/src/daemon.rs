@@ -343,6 +343,8 @@ async fn run(
         .map_err(|e| Error::Backend(format!("snapshot store: {e}")))?;
     let runner = Runner::new(RunnerConfig {
         max_running: args.async_max_workers,
+        classes: args.runner_classes(),
+        aging: args.async_aging,
         ..Default::default()
     });
     let events = Arc::new(EventStore::new(args.max_events(), args.volume_event_ttl));

@@ -151,9 +151,26 @@ pub struct DaemonArgs {
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     pub volume_event_resync_interval: Duration,
 
-    /// Long operations (populate, flatten) running at once, > 0.
+    /// Long operations running at once (all classes together), > 0.
     #[arg(long, default_value_t = 10)]
     pub async_max_workers: usize,
+
+    /// Share of --async-max-workers reserved for class `populate` (network-bound: OS-image
+    /// resolution and populate). Shares are weights; see the runner's docs for the rounding.
+    #[arg(long, default_value_t = 5)]
+    pub async_populate_share: usize,
+
+    /// Share reserved for class `fill` (CPU-bound: LUKS2 format, encrypted copies of restores).
+    #[arg(long, default_value_t = 3)]
+    pub async_fill_share: usize,
+
+    /// Share reserved for class `flatten` (flattening clones before their parent goes).
+    #[arg(long, default_value_t = 2)]
+    pub async_flatten_share: usize,
+
+    /// A long operation that has waited this long gets the next free slot of any class.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub async_aging: Duration,
 
     /// Block backend and store: `local` (files under --data-dir) or `ceph`. Without this flag,
     /// any Ceph connection flag (--ceph-monitors, --ceph-pool, --ceph-user, --ceph-key-file,
@@ -243,6 +260,12 @@ impl DaemonArgs {
         }
         if self.async_max_workers < 1 {
             return Err(flag("--async-max-workers", "must be > 0"));
+        }
+        if self.async_populate_share + self.async_fill_share + self.async_flatten_share == 0 {
+            return Err(flag(
+                "--async-populate-share/--async-fill-share/--async-flatten-share",
+                "at least one share must be > 0",
+            ));
         }
         if self.omap_iterator_size < 1 {
             return Err(flag("--omap-iterator-size", "must be > 0"));
@@ -345,6 +368,21 @@ impl DaemonArgs {
             set.push("--ceph-keyring-file");
         }
         set
+    }
+
+    /// The runner's classes: one per [`controllers::OpClass`], with the configured shares.
+    pub fn runner_classes(&self) -> Vec<runner::ClassConfig> {
+        controllers::OpClass::ALL
+            .iter()
+            .map(|c| {
+                let share = match c {
+                    controllers::OpClass::Populate => self.async_populate_share,
+                    controllers::OpClass::Fill => self.async_fill_share,
+                    controllers::OpClass::Flatten => self.async_flatten_share,
+                };
+                runner::ClassConfig::new(c.as_str(), share)
+            })
+            .collect()
     }
 
     /// The socket path (`unix://` prefix removed).
@@ -483,6 +521,10 @@ mod tests {
         assert_eq!(d.volume_event_ttl, Duration::from_secs(300));
         assert_eq!(d.volume_event_resync_interval, Duration::from_secs(60));
         assert_eq!(d.async_max_workers, 10);
+        let classes = d.runner_classes();
+        let shares: Vec<(&str, usize)> =
+            classes.iter().map(|c| (c.name.as_str(), c.share)).collect();
+        assert_eq!(shares, [("populate", 5), ("fill", 3), ("flatten", 2)]);
         assert_eq!(d.backend, None);
         assert_eq!(d.backend_kind(), BackendKind::Local);
         assert_eq!(d.socket_mode, 0o600);
