@@ -246,6 +246,9 @@ fn histogram_buckets(counts: &[u64], total: u64) -> Vec<(f64, u64)> {
         .collect()
 }
 
+/// One per-class figure: metric name, help text, and how to read it from a class.
+type ClassFigure<T> = (&'static str, &'static str, fn(&runner::ClassMetrics) -> T);
+
 /// The label of the per-class runner figures.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabel {
@@ -260,7 +263,7 @@ fn encode_classes(
 ) -> Result<(), std::fmt::Error> {
     use prometheus_client::metrics::MetricType;
     let to_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-    let gauges: [(&str, &str, fn(&runner::ClassMetrics) -> usize); 3] = [
+    let gauges: [ClassFigure<usize>; 3] = [
         (
             "runner_class_waiting",
             "Long operations of the class waiting for a slot",
@@ -286,7 +289,7 @@ fn encode_classes(
             ConstGauge::new(to_i64(read(c))).encode(desc.encode_family(&label)?)?;
         }
     }
-    let counters: [(&str, &str, fn(&runner::ClassMetrics) -> u64); 5] = [
+    let counters: [ClassFigure<u64>; 5] = [
         (
             "runner_class_accepted",
             "Operations of the class accepted",
