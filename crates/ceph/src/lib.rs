@@ -14,10 +14,13 @@
 //! * [`ExclusiveLock`]: cls_lock leases (the daemon's leader lock), [`ObjectWatch`] and
 //!   [`IoCtx::notify`]: watch/notify; [`Rados::blocklist_add`]: fencing another client.
 //!
-//! Ceph behaviour this module relies on (measured on Pacific 16.2.15, see `shared/CEPH-LAB.md`):
+//! Ceph behaviour this module relies on (measured on Pacific 16.2.15, see `tests/ceph_*.rs`):
 //! clone v1 needs a protected snapshot (EINVAL otherwise); a clone cannot be LUKS-formatted
 //! (EOPNOTSUPP); an omap compare that fails cancels the whole write op with ECANCELED; a compare
-//! against a missing key compares against the empty value.
+//! against a missing key compares against the empty value; a cls_lock whose expiry passed is gone
+//! for every caller (and no longer listed); a blocklisted client gets ESHUTDOWN from every OSD
+//! operation and loses its watches at once (a killed client's watches otherwise stay until
+//! `osd_client_watch_timeout`, 30 s).
 
 mod backend;
 mod changes;
