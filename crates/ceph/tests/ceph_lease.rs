@@ -152,7 +152,17 @@ async fn a_blocklisted_holder_is_fenced_and_its_lock_can_be_broken() {
             la.acquire(Duration::from_secs(60), "t").unwrap();
             // Short expiry: the entry only has to outlive the test.
             rb.blocklist_add(&addr, Duration::from_secs(120)).unwrap();
-            let renew = la.renew(Duration::from_secs(60), "t").unwrap();
+            // Every operation of ours is now ordered after the entry; the blocklisted client's
+            // own operations are refused as soon as the OSD has the new map (moments later; what
+            // it did before is ordered before our takeover).
+            let t = Instant::now();
+            let renew = loop {
+                let r = la.renew(Duration::from_secs(60), "t").unwrap();
+                if r == LockOutcome::Fenced || t.elapsed() > Duration::from_secs(10) {
+                    break r;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
             let write = la.set_if_locked("k", b"stale").unwrap();
             let holders = lb.lockers().unwrap();
             lb.break_lock(&holders[0]).unwrap();
@@ -162,7 +172,11 @@ async fn a_blocklisted_holder_is_fenced_and_its_lock_can_be_broken() {
             (renew, write, taken, value)
         })
         .await;
-        assert_eq!(out.0, LockOutcome::Fenced);
+        assert_eq!(
+            out.0,
+            LockOutcome::Fenced,
+            "the OSD refuses the blocklisted client"
+        );
         assert_eq!(out.1, GuardedWrite::Fenced);
         assert_eq!(out.2, LockOutcome::Held);
         assert_eq!(out.3, None, "the fenced write did not happen");
