@@ -496,6 +496,10 @@ async fn run(
             warn!(signal = sig, "second signal: cancelling long operations");
             runner.shutdown(ShutdownMode::Cancel { deadline: Duration::from_secs(5) }).await;
         }
+        reason = crate::leader::lost(leadership.role()) => {
+            warn!(reason, "lost the leader lease while draining: cancelling long operations");
+            runner.shutdown(ShutdownMode::Cancel { deadline: Duration::from_secs(5) }).await;
+        }
     }
     let _ = gc_task.await;
     if let Some(t) = metrics_task {

@@ -323,6 +323,18 @@ pub async fn lead(
     Err(Error::LostLeadership(reason))
 }
 
+/// Resolves with the reason once `role` says the lease is lost (never while it is not).
+pub async fn lost(mut role: watch::Receiver<Role>) -> String {
+    loop {
+        if let Role::Lost { reason } = &*role.borrow_and_update() {
+            return reason.clone();
+        }
+        if role.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
 /// Publishes a role change (and logs it) if it is one.
 fn publish(tx: &watch::Sender<Role>, role: Role) {
     tx.send_if_modified(|current| {

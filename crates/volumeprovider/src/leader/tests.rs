@@ -254,6 +254,21 @@ async fn a_leader_that_cannot_reach_the_cluster_steps_down_when_its_lease_lapses
 }
 
 #[tokio::test(start_paused = true)]
+async fn losing_the_lease_is_announced_once_and_never_before() {
+    let (tx, rx) = watch::channel(Role::Leader);
+    let waiter = tokio::spawn(lost(rx));
+    tokio::time::sleep(LEASE).await;
+    tx.send(Role::Standby { leader: None }).expect("send");
+    tokio::time::sleep(LEASE).await;
+    assert!(!waiter.is_finished(), "not lost yet");
+    tx.send(Role::Lost {
+        reason: "gone".into(),
+    })
+    .expect("send");
+    assert_eq!(waiter.await.expect("task"), "gone");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_fenced_leader_steps_down_at_its_next_renewal() {
     let world = Arc::new(Mutex::new(World::default()));
     let a = holder("a", 1);
