@@ -47,6 +47,19 @@ pub const SUITES: &[&[&str]] = &[
         "--",
         "--ignored",
     ],
+    // Two daemons on one pool: one writer, failover, fencing (`tests/tests/e2e_ceph_ha.rs`).
+    &[
+        "test",
+        "-p",
+        "tests",
+        "--features",
+        "ceph",
+        "--test",
+        "e2e_ceph_ha",
+        "--",
+        "--ignored",
+        "--test-threads=1",
+    ],
 ];
 
 /// Checks of the `ceph` feature that `cargo xtask test` (default features) does not cover; they run

@@ -29,7 +29,7 @@ const CLONE_FORMAT: u64 = 1;
 /// `RBD_FEATURE_FAST_DIFF` (1 << 4), see [`BlockBackend::clone_image`] in this file.
 const CLONE_FEATURES_CLEARED: u64 = (1 << 3) | (1 << 4);
 
-/// How to connect (SPEC §3.7).
+/// How to connect.
 #[derive(Debug, Clone)]
 pub struct CephConfig {
     /// `ceph.conf` to read (optional).

@@ -23,7 +23,8 @@
 //! Ours: `--backend local|ceph`, `--data-dir`, `--metrics-address`, `--log-format`, `--log-level`,
 //! `--socket-mode`, `--populate-queue-depth`, `--registry-insecure-hosts` (alias
 //! `--registry-plain-http`), `--registry-skip-tls-verify`, `--registry-ca-file`, `--docker-config`,
-//! `--shutdown-timeout`.
+//! `--shutdown-timeout`, and the leader lease of the Ceph backend: `--leader-lease`,
+//! `--leader-renew-interval`, `--leader-id`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -230,6 +231,21 @@ pub struct DaemonArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Ceph backend: how long the leader lease lasts without renewal. Only the daemon holding it
+    /// reconciles; a standby takes over within about this long after the leader died.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub leader_lease: Duration,
+
+    /// Ceph backend: how often the leader renews its lease (at most half of --leader-lease).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub leader_renew_interval: Duration,
+
+    /// Ceph backend: this replica's name in the leader lease, unique per replica (default:
+    /// `<hostname>:<socket path>`). A daemon that finds the lease held under its own name by
+    /// another process knows it is a dead earlier run of itself and takes over at once.
+    #[arg(long, value_name = "NAME")]
+    pub leader_id: Option<String>,
+
     /// zap compatibility: development mode (ignored).
     #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub zap_devel: Option<String>,
@@ -281,6 +297,20 @@ impl DaemonArgs {
         }
         if self.volume_event_resync_interval.is_zero() {
             return Err(flag("--volume-event-resync-interval", "must be > 0"));
+        }
+        if self.leader_renew_interval.is_zero()
+            || self.leader_renew_interval * 2 > self.leader_lease
+        {
+            return Err(flag(
+                "--leader-renew-interval",
+                "must be > 0 and at most half of --leader-lease",
+            ));
+        }
+        if self.leader_lease < Duration::from_secs(2) {
+            return Err(flag("--leader-lease", "must be at least 2s"));
+        }
+        if self.leader_id.as_deref().is_some_and(str::is_empty) {
+            return Err(flag("--leader-id", "must not be empty"));
         }
         if self.socket_path().as_os_str().is_empty() {
             return Err(flag("--address", "must not be empty"));
@@ -432,6 +462,24 @@ impl DaemonArgs {
         }
     }
 
+    /// This replica's name in the leader lease: `--leader-id`, else `<hostname>:<absolute socket
+    /// path>`. Two live daemons never share the default: on one host the socket is theirs alone (a
+    /// live socket refuses a second daemon), and host names differ between hosts.
+    pub fn leader_identity(&self) -> String {
+        if let Some(id) = &self.leader_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "localhost".into());
+        let socket = self.socket_path();
+        let socket = std::path::absolute(&socket).unwrap_or(socket);
+        format!("{host}:{}", socket.display())
+    }
+
     /// Event store capacity (Go: ≤ 0 means 1000).
     pub fn max_events(&self) -> usize {
         if self.volume_event_max_events <= 0 {
@@ -531,7 +579,35 @@ mod tests {
         assert_eq!(d.populate_queue_depth, 4);
         assert_eq!(d.log_format, LogFormat::Text);
         assert!(d.metrics_address.is_none());
+        assert_eq!(d.leader_lease, Duration::from_secs(15));
+        assert_eq!(d.leader_renew_interval, Duration::from_secs(5));
+        assert_eq!(d.leader_id, None);
         d.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn the_leader_lease_must_leave_room_for_renewals() {
+        assert!(parse(&["--leader-lease=4s", "--leader-renew-interval=2s"])
+            .validate()
+            .is_ok());
+        for bad in [
+            ["--leader-lease=4s", "--leader-renew-interval=3s"],
+            ["--leader-lease=15s", "--leader-renew-interval=0s"],
+            ["--leader-lease=1s", "--leader-renew-interval=500ms"],
+        ] {
+            assert!(parse(&bad).validate().is_err(), "{bad:?}");
+        }
+        assert!(parse(&["--leader-id="]).validate().is_err());
+    }
+
+    #[test]
+    fn the_default_leader_identity_names_the_host_and_the_socket() {
+        let d = parse(&["--address=unix:///run/a.sock"]);
+        let id = d.leader_identity();
+        assert!(id.ends_with(":/run/a.sock"), "{id}");
+        assert!(id.len() > ":/run/a.sock".len(), "{id}");
+        assert_ne!(id, parse(&["--address=/run/b.sock"]).leader_identity());
+        assert_eq!(parse(&["--leader-id=r1"]).leader_identity(), "r1");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! * `cephvol_controller_queue_length{controller}` and `cephvol_controller_queue_delayed{controller}`
 //!   from the reconcilers' work queues;
 //! * `cephvol_events_recorded_total`, `cephvol_events_dropped_total`, `cephvol_events_held`;
+//! * `cephvol_leader`: 1 on the daemon holding the pool's leader lease, 0 on a standby;
 //! * `cephvol_build_info{version}`.
 
 use std::net::SocketAddr;
@@ -412,6 +413,39 @@ impl Collector for EventsCollector {
     }
 }
 
+/// Reads whether this daemon leads its pool at scrape time: `cephvol_leader` is 1 on the leader
+/// (the daemon that reconciles and runs long operations) and 0 on a standby.
+pub struct LeaderCollector {
+    read: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for LeaderCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaderCollector")
+    }
+}
+
+impl LeaderCollector {
+    /// A collector calling `is_leader` on every scrape.
+    pub fn new(is_leader: impl Fn() -> bool + Send + Sync + 'static) -> LeaderCollector {
+        LeaderCollector {
+            read: Box::new(is_leader),
+        }
+    }
+}
+
+impl Collector for LeaderCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge(
+            &mut e,
+            "leader",
+            "Whether this daemon holds the pool's leader lease and reconciles (0: standby)",
+            i64::from((self.read)()),
+        )
+    }
+}
+
+
 /// Content type of `GET /metrics`.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -504,6 +538,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cephvol_events_held 0"), "{text}");
+    }
+
+    #[test]
+    fn the_leader_gauge_follows_the_role_at_scrape_time() {
+        let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut m = Metrics::new();
+        let l = Arc::clone(&leading);
+        m.register_collector(Box::new(LeaderCollector::new(move || {
+            l.load(std::sync::atomic::Ordering::SeqCst)
+        })));
+        assert!(m.encode().contains("cephvol_leader 0"));
+        leading.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(m.encode().contains("cephvol_leader 1"));
     }
 
     #[tokio::test]
