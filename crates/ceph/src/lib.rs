@@ -32,7 +32,7 @@ mod rados;
 )]
 pub mod sys;
 
-pub use backend::{CephBackend, CephConfig};
+pub use backend::{CephBackend, CephConfig, DEFAULT_MON_TIMEOUT, DEFAULT_OP_TIMEOUT};
 pub use error::errno_error;
 pub use image::{Image, ImageOptions};
 pub use omap::OmapBackend;
