@@ -60,6 +60,31 @@ pub const SUITES: &[&[&str]] = &[
         "--ignored",
         "--test-threads=1",
     ],
+    // A clone of a volume snapshot in another pool is flattened there (`tests/tests/e2e_ceph_xpool.rs`).
+    &[
+        "test",
+        "-p",
+        "tests",
+        "--features",
+        "ceph",
+        "--test",
+        "e2e_ceph_xpool",
+        "--",
+        "--ignored",
+    ],
+    // The OSD frozen with SIGSTOP for a few seconds: RPCs answer, SIGTERM ends the daemon
+    // (`tests/tests/e2e_ceph_outage.rs`). Last: it stalls every client of the cluster meanwhile.
+    &[
+        "test",
+        "-p",
+        "tests",
+        "--features",
+        "ceph",
+        "--test",
+        "e2e_ceph_outage",
+        "--",
+        "--ignored",
+    ],
 ];
 
 /// Checks of the `ceph` feature that `cargo xtask test` (default features) does not cover; they run

@@ -58,12 +58,27 @@ pub struct ConnectOptions<'a> {
     pub keyring: Option<&'a Path>,
     /// A file holding only the key (wins over the keyring, as in the Go provider).
     pub key_file: Option<&'a Path>,
-    /// Bound of the connect (`client_mount_timeout`) and of mon commands (`rados_mon_op_timeout`).
+    /// Bound of the connect and authentication (`client_mount_timeout`; at least 1 s).
     pub timeout: Duration,
+    /// Bound of every mon command (`rados_mon_op_timeout`); zero: none (librados' default).
+    pub mon_op_timeout: Duration,
+    /// Bound of every OSD operation, librbd's included (`rados_osd_op_timeout`); zero: none
+    /// (librados' default, under which a call on a stuck placement group never returns). A bound
+    /// shorter than the OSD failure detection (`osd_heartbeat_grace` 20 s + interval 6 s) makes
+    /// an OSD fail-over an error instead of a delay. A timed-out call fails with ETIMEDOUT
+    /// ([`RbdError::Transient`]); a timed-out write may still be applied later.
+    pub osd_op_timeout: Duration,
+}
+
+/// A librados timeout option value: whole seconds, rounded up (zero stays zero: no timeout).
+fn timeout_secs(d: Duration) -> String {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.to_string()
 }
 
 impl Rados {
-    /// Connects (blocking, bounded by `opts.timeout`).
+    /// Connects (blocking, bounded by `opts.timeout`), with the mon and OSD op timeouts of `opts`
+    /// set on the handle before it connects.
     pub fn connect(opts: &ConnectOptions<'_>) -> Result<Rados> {
         let name = cstring(&format!(
             "client.{}",
@@ -82,10 +97,14 @@ impl Rados {
             let ret = unsafe { sys::rados_conf_read_file(handle.0, path.as_ptr()) };
             check(ret, || format!("reading {}", conf.display()))?;
         }
-        let secs = opts.timeout.as_secs().max(1).to_string();
+        // Set after the conf file, so that the caller's bounds win over the file's.
         let mut settings: Vec<(&str, String)> = vec![
-            ("client_mount_timeout", secs.clone()),
-            ("rados_mon_op_timeout", secs),
+            (
+                "client_mount_timeout",
+                timeout_secs(opts.timeout.max(Duration::from_secs(1))),
+            ),
+            ("rados_mon_op_timeout", timeout_secs(opts.mon_op_timeout)),
+            ("rados_osd_op_timeout", timeout_secs(opts.osd_op_timeout)),
         ];
         if let Some(m) = opts.monitors {
             settings.push(("mon_host", m.to_string()));

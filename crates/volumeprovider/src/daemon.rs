@@ -229,6 +229,8 @@ async fn open_ceph(args: &DaemonArgs) -> Result<Opened> {
         key_file: Some(key_file.path().to_path_buf()),
         pool: args.ceph_pool.clone(),
         connect_timeout: args.ceph_connect_timeout,
+        op_timeout: args.ceph_op_timeout,
+        mon_timeout: args.ceph_mon_timeout,
     };
     let backend = ceph::CephBackend::connect(cfg)
         .await

@@ -24,7 +24,19 @@
 //! `--socket-mode`, `--populate-queue-depth`, `--registry-insecure-hosts` (alias
 //! `--registry-plain-http`), `--registry-skip-tls-verify`, `--registry-ca-file`, `--docker-config`,
 //! `--shutdown-timeout`, and the leader lease of the Ceph backend: `--leader-lease`,
-//! `--leader-renew-interval`, `--leader-id`.
+//! `--leader-renew-interval`, `--leader-id`, and the Ceph timeouts
+//! `--ceph-op-timeout`, `--ceph-mon-timeout`.
+//!
+//! # Ceph timeouts
+//! librados waits for ever by default: with a stuck placement group every call would pin a
+//! blocking thread until the process dies, and shutdown could not finish. The daemon bounds every
+//! call on its cluster handle: `--ceph-connect-timeout` (10s) the connect and authentication
+//! (`client_mount_timeout`), `--ceph-op-timeout` (30s) every OSD operation, librbd's included
+//! (`rados_osd_op_timeout`), `--ceph-mon-timeout` (10s) every mon command such as the pool usage of
+//! `Status` (`rados_mon_op_timeout`). A call that runs into its bound fails as a transient backend
+//! error: the RPC answers with an error and the controllers retry with backoff. `0` turns a bound
+//! off. Keep `--ceph-op-timeout` above the OSD failure detection (heartbeat grace 20 s + interval
+//! 6 s): shorter, an OSD fail-over becomes a burst of errors instead of a delay.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -93,6 +105,16 @@ pub struct DaemonArgs {
     /// Timeout of the connection to the Ceph cluster.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub ceph_connect_timeout: Duration,
+
+    /// Bound of every OSD operation (librados rados_osd_op_timeout, librbd's calls included): a
+    /// call on a stuck placement group fails after it and is retried; 0: no bound.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ceph_op_timeout: Duration,
+
+    /// Bound of every mon command (librados rados_mon_op_timeout: pool usage, client keys);
+    /// 0: no bound.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub ceph_mon_timeout: Duration,
 
     /// Rados user id (without `client.`).
     #[arg(long, default_value = "", hide_default_value = true)]
@@ -560,6 +582,8 @@ mod tests {
         let d = parse(&[]);
         assert_eq!(d.address, "/var/run/iri-volumeprovider.sock");
         assert_eq!(d.ceph_connect_timeout, Duration::from_secs(10));
+        assert_eq!(d.ceph_op_timeout, Duration::from_secs(30));
+        assert_eq!(d.ceph_mon_timeout, Duration::from_secs(10));
         assert_eq!(d.limits_burst_factor, 10);
         assert_eq!(d.limits_burst_duration, 15);
         assert_eq!(d.populator_buffer_size, 5_242_880);
@@ -631,6 +655,19 @@ mod tests {
             ["localhost:5000", "127.0.0.1:5001", "reg.test:80"]
         );
         d.validate().expect("valid: worker size 1 is accepted");
+    }
+
+    #[test]
+    fn ceph_timeouts_take_go_durations_and_zero_turns_them_off() {
+        let d = parse(&["--ceph-op-timeout=1m30s", "--ceph-mon-timeout=0"]);
+        assert_eq!(d.ceph_op_timeout, Duration::from_secs(90));
+        assert_eq!(d.ceph_mon_timeout, Duration::ZERO);
+        assert_eq!(
+            d.backend_kind(),
+            BackendKind::Local,
+            "timeouts select nothing"
+        );
+        d.validate().expect("valid");
     }
 
     #[test]
