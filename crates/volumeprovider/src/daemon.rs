@@ -377,6 +377,10 @@ async fn run(
             kek: Some(kek.clone()),
             populator_buffer_size: args.populator_buffer(),
             populate_queue_depth: args.populate_queue_depth,
+            resolve_timeout: args.resolve_timeout,
+            format_timeout: args.format_timeout,
+            list_children_timeout: args.list_children_timeout,
+            stall_timeout: (!args.stall_timeout.is_zero()).then_some(args.stall_timeout),
             ..Default::default()
         },
     );

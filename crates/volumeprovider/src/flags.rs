@@ -24,8 +24,10 @@
 //! `--socket-mode`, `--populate-queue-depth`, `--registry-insecure-hosts` (alias
 //! `--registry-plain-http`), `--registry-skip-tls-verify`, `--registry-ca-file`, `--docker-config`,
 //! `--shutdown-timeout`, and the leader lease of the Ceph backend: `--leader-lease`,
-//! `--leader-renew-interval`, `--leader-id`, and the Ceph timeouts
-//! `--ceph-op-timeout`, `--ceph-mon-timeout`.
+//! `--leader-renew-interval`, `--leader-id`, the Ceph timeouts `--ceph-op-timeout`,
+//! `--ceph-mon-timeout`, the runner's classes `--async-populate-share`, `--async-fill-share`,
+//! `--async-flatten-share`, `--async-aging`, and the deadlines of long operations
+//! `--resolve-timeout`, `--format-timeout`, `--list-children-timeout`, `--stall-timeout`.
 //!
 //! # Ceph timeouts
 //! librados waits for ever by default: with a stuck placement group every call would pin a
@@ -195,6 +197,24 @@ pub struct DaemonArgs {
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub async_aging: Duration,
 
+    /// Deadline of one OS-image resolution at the registry (and of opening a rootfs up to the
+    /// response); the registry client's connect (10s) and per-request (60s) bounds apply within.
+    #[arg(long, default_value = "3m", value_parser = parse_duration)]
+    pub resolve_timeout: Duration,
+
+    /// Deadline of one LUKS2 format (key derivation takes seconds on Ceph Pacific).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub format_timeout: Duration,
+
+    /// Deadline of listing the children of an image or snapshot before flattening them.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub list_children_timeout: Duration,
+
+    /// A stream copy (populate, encrypted fill) or flatten whose progress has not moved for this
+    /// long is cancelled and retried with backoff (0 disables the watchdog).
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+
     /// Block backend and store: `local` (files under --data-dir) or `ceph`. Without this flag,
     /// any Ceph connection flag (--ceph-monitors, --ceph-pool, --ceph-user, --ceph-key-file,
     /// --ceph-keyring-file) selects `ceph`, and no such flag selects `local`.
@@ -316,6 +336,15 @@ impl DaemonArgs {
                 "--limits-burst-factor/--limits-burst-duration",
                 "must not be negative",
             ));
+        }
+        for (name, d) in [
+            ("--resolve-timeout", self.resolve_timeout),
+            ("--format-timeout", self.format_timeout),
+            ("--list-children-timeout", self.list_children_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(flag(name, "must be > 0"));
+            }
         }
         if self.volume_event_resync_interval.is_zero() {
             return Err(flag("--volume-event-resync-interval", "must be > 0"));
@@ -593,6 +622,10 @@ mod tests {
         assert_eq!(d.volume_event_ttl, Duration::from_secs(300));
         assert_eq!(d.volume_event_resync_interval, Duration::from_secs(60));
         assert_eq!(d.async_max_workers, 10);
+        assert_eq!(d.resolve_timeout, Duration::from_secs(180));
+        assert_eq!(d.format_timeout, Duration::from_secs(300));
+        assert_eq!(d.list_children_timeout, Duration::from_secs(60));
+        assert_eq!(d.stall_timeout, Duration::from_secs(900));
         let classes = d.runner_classes();
         let shares: Vec<(&str, usize)> =
             classes.iter().map(|c| (c.name.as_str(), c.share)).collect();

@@ -445,7 +445,6 @@ impl Collector for LeaderCollector {
     }
 }
 
-
 /// Content type of `GET /metrics`.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
