@@ -312,7 +312,7 @@ impl Ceph {
             .collect()
     }
 
-    /// One record (JSON of SPEC §1), `None` if the key is absent.
+    /// One record (its JSON document), `None` if the key is absent.
     pub fn record(&self, object: &str, key: &str) -> Option<Value> {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("value");

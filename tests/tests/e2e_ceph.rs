@@ -19,6 +19,11 @@ use tests::cluster::{Ceph, Leftovers, SNAPSHOTS};
 use tests::daemon::{eventually, id_of, ops, restore_req, snapshot_req, volume_req, Daemon};
 
 const MIB: i64 = 1 << 20;
+
+/// The tests of this file run one at a time: two daemons on one pool share its records and its
+/// leader lease, so one daemon's controllers would work on the other's volumes (and record the
+/// events there).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const PASSPHRASE: &str = "ceph-e2e-passphrase-7b1f";
 
 fn var(k: &str) -> Option<String> {
@@ -38,6 +43,7 @@ fn skip(reason: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Ceph cluster: cargo xtask integration"]
 async fn the_daemon_provisions_volumes_on_a_real_ceph_cluster() {
+    let _serial = SERIAL.lock().await;
     if !cfg!(feature = "ceph") && std::env::var_os("CEPHVOL_BIN").is_none() {
         return skip("build with --features ceph (or set CEPHVOL_BIN)");
     }
@@ -251,6 +257,7 @@ fn qemu_size(ceph: &Ceph, image: &str, passphrase: &[u8], dir: &std::path::Path)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Ceph cluster: cargo xtask integration"]
 async fn lost_images_go_rehomes_and_encrypted_sizes_on_a_real_ceph_cluster() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let Some((flags, pool)) = daemon_flags(dir.path()) else {
         return;

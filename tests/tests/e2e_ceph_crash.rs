@@ -1,4 +1,4 @@
-//! Crash test on a real Ceph cluster (issue 5, item 5): the real daemon (`--backend ceph`) is
+//! Crash test on a real Ceph cluster: the real daemon (`--backend ceph`) is
 //! killed with SIGKILL while an OS-image populate and a clone flatten are both running, restarted
 //! with the same flags, and must finish both without leaking anything and without changing data.
 //!

@@ -1,4 +1,4 @@
-//! `cargo xtask ceph|integration|codegen`: the real-Ceph tooling (issue 5).
+//! `cargo xtask ceph|integration|codegen`: the real-Ceph tooling.
 //!
 //! * `ceph up|down|status|env|destroy`: a single-node cluster under `target/ceph` ([`cluster`]).
 //! * `integration`: brings the cluster up if needed, runs every suite of [`SUITES`] against it, and
@@ -44,6 +44,44 @@ pub const SUITES: &[&[&str]] = &[
         "ceph",
         "--test",
         "e2e_ceph_crash",
+        "--",
+        "--ignored",
+    ],
+    // Two daemons on one pool: one writer, failover, fencing (`tests/tests/e2e_ceph_ha.rs`).
+    &[
+        "test",
+        "-p",
+        "tests",
+        "--features",
+        "ceph",
+        "--test",
+        "e2e_ceph_ha",
+        "--",
+        "--ignored",
+        "--test-threads=1",
+    ],
+    // A clone of a volume snapshot in another pool is flattened there (`tests/tests/e2e_ceph_xpool.rs`).
+    &[
+        "test",
+        "-p",
+        "tests",
+        "--features",
+        "ceph",
+        "--test",
+        "e2e_ceph_xpool",
+        "--",
+        "--ignored",
+    ],
+    // The OSD frozen with SIGSTOP for a few seconds: RPCs answer, SIGTERM ends the daemon
+    // (`tests/tests/e2e_ceph_outage.rs`). Last: it stalls every client of the cluster meanwhile.
+    &[
+        "test",
+        "-p",
+        "tests",
+        "--features",
+        "ceph",
+        "--test",
+        "e2e_ceph_outage",
         "--",
         "--ignored",
     ],

@@ -161,21 +161,22 @@ impl Workspace {
     /// would need every other platform's packages downloaded):
     /// `cargo tree -p <member> -e normal --all-features`.
     pub fn normal_graph(&self, member: &str) -> Result<Vec<ResolvedPackage>> {
-        let out = cargo_stdout(
-            &self.root,
-            &[
-                "tree",
-                "-p",
-                member,
-                "-e",
-                "normal",
-                "--all-features",
-                "--prefix",
-                "none",
-                "--format",
-                "{p}|{f}",
-            ],
-        )?;
+        self.graph(member, true)
+    }
+
+    /// Like [`Workspace::normal_graph`], but with the member's default features only: what a
+    /// plain `cargo build -p <member>` links.
+    pub fn default_graph(&self, member: &str) -> Result<Vec<ResolvedPackage>> {
+        self.graph(member, false)
+    }
+
+    fn graph(&self, member: &str, all_features: bool) -> Result<Vec<ResolvedPackage>> {
+        let mut args = vec!["tree", "-p", member, "-e", "normal"];
+        if all_features {
+            args.push("--all-features");
+        }
+        args.extend(["--prefix", "none", "--format", "{p}|{f}"]);
+        let out = cargo_stdout(&self.root, &args)?;
         let mut seen = BTreeSet::new();
         let mut packages = Vec::new();
         for line in out.lines().filter(|l| !l.trim().is_empty()) {

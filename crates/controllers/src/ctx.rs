@@ -279,10 +279,8 @@ impl Ctx {
             };
             async move { op(ctx, env).await.map_err(|e| -> OpError { Box::new(e) }) }
         };
-        // LEAD: the one place where operations reach the runner. Switch to the runner's
-        // class-aware submit here (passing `class.as_str()`) once the runner has classes;
-        // until then every class shares the runner's single lane.
-        let submitted = self.runner.try_submit(key.clone(), run);
+        // The one place where operations reach the runner, each in its class.
+        let submitted = self.runner.try_submit_in(class.as_str(), key.clone(), run);
         match submitted {
             Ok(Submitted::Accepted) => {
                 debug!(key, class = class.as_str(), "operation submitted");

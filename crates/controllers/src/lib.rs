@@ -213,6 +213,9 @@ pub enum OpClass {
 }
 
 impl OpClass {
+    /// Every class, in the order the runner is configured with them.
+    pub const ALL: [OpClass; 3] = [OpClass::Populate, OpClass::Fill, OpClass::Flatten];
+
     /// The runner's name of the class: `"populate"`, `"fill"` or `"flatten"`.
     pub fn as_str(&self) -> &'static str {
         match self {

@@ -7,7 +7,8 @@ use mockall::{predicate::eq, Sequence};
 use rbd::{BlockBackend, ChildRef, RbdError};
 use rbd_testkit::mock::MockBlockBackend;
 
-/// The "remove snapshot" primitive of SPEC §3.2, written against the trait.
+/// The Go provider's "remove snapshot" primitive (unprotect if protected, then remove), written
+/// against the trait.
 async fn remove_snapshot(b: &dyn BlockBackend, image: &str, snap: &str) -> rbd::Result<()> {
     if b.is_snapshot_protected(image, snap).await? {
         b.unprotect_snapshot(image, snap).await?;

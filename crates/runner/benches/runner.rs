@@ -9,6 +9,8 @@
 //! * `submit_complete_{10k,100k}_keys_ns`: N distinct keys submitted at once (default bounds:
 //!   10 running, the rest queued) and all N completions received, versus spawning N tasks and
 //!   awaiting them all (ns per operation).
+//! * `submit_complete_10k_keys_3_classes_ns`: the same with three operation classes (shares
+//!   5/3/2 of 10 slots, the daemon's), keys submitted into them in turn.
 //! * `bytes_per_waiting_key`: N keys of realistic length (`snapshot:` + 63 hex digits) waiting
 //!   while every running slot is held, versus N spawned tasks each parked on the same kind of
 //!   future holding the same key (live heap bytes per key, counted by an instrumented global
@@ -18,7 +20,7 @@ use std::alloc::System;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runner::{Completions, OpError, Runner, RunnerConfig, ShutdownMode, Submitted};
+use runner::{ClassConfig, Completions, OpError, Runner, RunnerConfig, ShutdownMode, Submitted};
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use tokio::sync::Notify;
 
@@ -79,10 +81,22 @@ async fn one_key(n: usize, rounds: usize) {
     line("submit_complete_1_key_ns", ours, reference);
 }
 
-/// Best (lowest) of `rounds` batches of `n` distinct keys, in ns per operation.
-async fn distinct_keys(name: &str, n: usize, rounds: usize) {
+/// The daemon's three classes.
+const CLASSES: [(&str, usize); 3] = [("populate", 5), ("fill", 3), ("flatten", 2)];
+
+/// Best (lowest) of `rounds` batches of `n` distinct keys, in ns per operation; submitted into
+/// the daemon's three classes in turn if `classes`, class-less otherwise.
+async fn distinct_keys(name: &str, n: usize, rounds: usize, classes: bool) {
     let runner = Runner::new(RunnerConfig {
         max_waiting: n,
+        classes: if classes {
+            CLASSES
+                .iter()
+                .map(|&(name, share)| ClassConfig::new(name, share))
+                .collect()
+        } else {
+            Vec::new()
+        },
         ..RunnerConfig::default()
     });
     let mut completions = runner.subscribe();
@@ -90,8 +104,12 @@ async fn distinct_keys(name: &str, n: usize, rounds: usize) {
     for _ in 0..rounds {
         let keys: Vec<String> = (0..n).map(key).collect();
         let start = Instant::now();
-        for key in keys {
-            let answer = runner.try_submit(key, |_ctx| trivial());
+        for (i, key) in keys.into_iter().enumerate() {
+            let answer = if classes {
+                runner.try_submit_in(CLASSES[i % CLASSES.len()].0, key, |_ctx| trivial())
+            } else {
+                runner.try_submit(key, |_ctx| trivial())
+            };
             assert_eq!(answer, Ok(Submitted::Accepted));
         }
         for _ in 0..n {
@@ -193,12 +211,13 @@ fn main() {
         if selected("submit_complete_1_key_ns") {
             one_key(one, rounds).await;
         }
-        for (name, n) in [
-            ("submit_complete_10k_keys_ns", small),
-            ("submit_complete_100k_keys_ns", large),
+        for (name, n, classes) in [
+            ("submit_complete_10k_keys_ns", small, false),
+            ("submit_complete_100k_keys_ns", large, false),
+            ("submit_complete_10k_keys_3_classes_ns", small, true),
         ] {
             if selected(name) {
-                distinct_keys(name, n, rounds).await;
+                distinct_keys(name, n, rounds, classes).await;
             }
         }
         if selected("bytes_per_waiting_key") {

@@ -1,5 +1,6 @@
-//! Owns the runner's counters: [`RunnerMetrics`] (a copy handed to callers) and the internal
-//! accumulator updated under the runner's state lock. No metrics library is used here; the daemon
+//! Owns the runner's counters: [`RunnerMetrics`] (a copy handed to callers, with one
+//! [`ClassMetrics`] per operation class) and the internal per-class accumulator updated under the
+//! runner's state lock (the runner-wide totals are the sums of the classes' figures). No metrics library is used here; the daemon
 //! maps these figures onto its own registry.
 
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub const DURATION_BUCKETS: [Duration; 8] = [
 ///
 /// Totals only grow. `completed == succeeded + failed + cancelled`, and every accepted operation
 /// is eventually counted once in `completed`, so `accepted - completed == waiting + running`.
+/// Every figure is the sum of the same figure in [`classes`](Self::classes).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RunnerMetrics {
@@ -52,10 +54,54 @@ pub struct RunnerMetrics {
     /// Cumulative histogram of run durations: `duration_buckets[i]` counts the runs that took at
     /// most [`DURATION_BUCKETS`]`[i]` (Prometheus `le` semantics; `+Inf` is `duration_count`).
     pub duration_buckets: [u64; DURATION_BUCKETS.len()],
+    /// The same figures per operation class, in configuration order (one class, named
+    /// [`DEFAULT_CLASS`](crate::DEFAULT_CLASS), when none is configured).
+    pub classes: Vec<ClassMetrics>,
 }
 
-/// The accumulator kept under the state lock (the gauges are computed when copied).
-#[derive(Debug, Default)]
+/// The figures of one operation class, in [`RunnerMetrics::classes`]. Same meaning as the
+/// runner-wide figures, restricted to the class: a submission counts in the class it named
+/// (`deduplicated` included, even when the operation already there is of another class); an
+/// operation counts in the class it was accepted in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClassMetrics {
+    /// The class's name.
+    pub name: String,
+    /// Its share as configured (0 counted as 1).
+    pub share: usize,
+    /// The running slots it reserves (see [`reserved_slots`](crate::reserved_slots)).
+    pub reserved: usize,
+    /// Operations of the class waiting for a running slot now.
+    pub waiting: usize,
+    /// Operations of the class holding a running slot now.
+    pub running: usize,
+    /// Submissions into the class accepted.
+    pub accepted: u64,
+    /// Submissions into the class answered `AlreadyRunning` or `AlreadyWaiting`.
+    pub deduplicated: u64,
+    /// Submissions into the class answered `SubmitError::Busy`.
+    pub rejected_busy: u64,
+    /// Operations of the class that completed, whatever the outcome.
+    pub completed: u64,
+    /// Of those, completed with [`Outcome::Ok`].
+    pub succeeded: u64,
+    /// Of those, completed with [`Outcome::Failed`] (panics included).
+    pub failed: u64,
+    /// Of `failed`, those that panicked.
+    pub panicked: u64,
+    /// Of those, completed with [`Outcome::Cancelled`].
+    pub cancelled: u64,
+    /// Sum of the run durations of the class's operations that ran.
+    pub duration_sum: Duration,
+    /// Number of operations counted in `duration_sum`.
+    pub duration_count: u64,
+    /// Cumulative histogram of run durations, as [`RunnerMetrics::duration_buckets`].
+    pub duration_buckets: [u64; DURATION_BUCKETS.len()],
+}
+
+/// The accumulator of one class, kept under the state lock (the gauges are read when copied).
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Counters {
     pub(crate) accepted: u64,
     pub(crate) deduplicated: u64,
@@ -89,14 +135,25 @@ impl Counters {
         }
     }
 
-    pub(crate) fn snapshot(&self, waiting: usize, running: usize) -> RunnerMetrics {
+    /// The class's figures, given its current gauges.
+    pub(crate) fn class_metrics(
+        &self,
+        name: &str,
+        share: usize,
+        reserved: usize,
+        waiting: usize,
+        running: usize,
+    ) -> ClassMetrics {
         let mut duration_buckets = [0; DURATION_BUCKETS.len()];
         let mut cumulative = 0;
         for (out, count) in duration_buckets.iter_mut().zip(self.buckets) {
             cumulative += count;
             *out = cumulative;
         }
-        RunnerMetrics {
+        ClassMetrics {
+            name: name.to_owned(),
+            share,
+            reserved,
             waiting,
             running,
             accepted: self.accepted,
@@ -114,6 +171,32 @@ impl Counters {
     }
 }
 
+impl RunnerMetrics {
+    /// The runner-wide figures: the sums of the classes' figures.
+    pub(crate) fn from_classes(classes: Vec<ClassMetrics>) -> RunnerMetrics {
+        let mut m = RunnerMetrics::default();
+        for c in &classes {
+            m.waiting += c.waiting;
+            m.running += c.running;
+            m.accepted += c.accepted;
+            m.deduplicated += c.deduplicated;
+            m.rejected_busy += c.rejected_busy;
+            m.completed += c.completed;
+            m.succeeded += c.succeeded;
+            m.failed += c.failed;
+            m.panicked += c.panicked;
+            m.cancelled += c.cancelled;
+            m.duration_sum += c.duration_sum;
+            m.duration_count += c.duration_count;
+            for (total, n) in m.duration_buckets.iter_mut().zip(c.duration_buckets) {
+                *total += n;
+            }
+        }
+        m.classes = classes;
+        m
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,12 +208,47 @@ mod tests {
         c.record(&Outcome::Ok, false, Some(Duration::from_millis(11)));
         c.record(&Outcome::Ok, false, Some(Duration::from_secs(7200)));
         c.record(&Outcome::Cancelled, false, None);
-        let m = c.snapshot(0, 0);
+        let m = c.class_metrics("c", 1, 1, 0, 0);
         assert_eq!(m.duration_buckets[0], 1);
         assert_eq!(m.duration_buckets[1], 2);
         assert_eq!(m.duration_buckets[DURATION_BUCKETS.len() - 1], 2);
         assert_eq!(m.duration_count, 3);
         assert_eq!(m.completed, 4);
         assert_eq!(m.cancelled, 1);
+    }
+
+    #[test]
+    fn the_runner_wide_figures_are_the_sums_of_the_classes() {
+        let mut a = Counters {
+            accepted: 2,
+            ..Counters::default()
+        };
+        a.record(&Outcome::Ok, false, Some(Duration::from_secs(2)));
+        let mut b = Counters {
+            accepted: 3,
+            rejected_busy: 1,
+            ..Counters::default()
+        };
+        b.record(
+            &Outcome::Failed("x".into()),
+            true,
+            Some(Duration::from_millis(5)),
+        );
+        let m = RunnerMetrics::from_classes(vec![
+            a.class_metrics("a", 1, 1, 1, 0),
+            b.class_metrics("b", 1, 1, 0, 2),
+        ]);
+        assert_eq!(
+            (m.waiting, m.running, m.accepted, m.rejected_busy),
+            (1, 2, 5, 1)
+        );
+        assert_eq!(
+            (m.completed, m.succeeded, m.failed, m.panicked),
+            (2, 1, 1, 1)
+        );
+        assert_eq!(m.duration_sum, Duration::from_millis(2005));
+        assert_eq!(m.duration_buckets[0], 1);
+        assert_eq!(m.duration_buckets[3], 2);
+        assert_eq!(m.classes.len(), 2);
     }
 }

@@ -25,7 +25,7 @@ pub struct Progress {
 /// Where an operation is in the runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OpState {
-    /// Accepted, waiting in the FIFO queue for a running slot.
+    /// Accepted, waiting in its class's FIFO queue for a running slot.
     Waiting,
     /// Holding a running slot.
     Running,
@@ -50,6 +50,8 @@ pub struct OpInfo {
     pub cancel_requested: bool,
     /// Whether it runs on Tokio's blocking pool.
     pub blocking: bool,
+    /// The name of its class (see [`ClassConfig`](crate::ClassConfig)).
+    pub class: String,
 }
 
 /// A counter bumped after every progress report of every operation of one runner; consumers
@@ -60,8 +62,13 @@ pub(crate) type ProgressClock = Arc<AtomicU64>;
 /// its task and every [`OpContext`] / progress callback handed to the operation.
 pub(crate) struct OpShared {
     pub(crate) key: String,
+    /// When it was accepted.
     pub(crate) submitted_at: Instant,
+    /// Its acceptance number: runner-wide, increasing (the order of "oldest first").
+    pub(crate) seq: u64,
     pub(crate) blocking: bool,
+    /// Index of its class in the runner's classes.
+    class: u32,
     cancelled: AtomicBool,
     /// Set by a shutdown past its deadline: the lane drops the (async) operation's future.
     aborted: AtomicBool,
@@ -81,6 +88,8 @@ struct OpMut {
 impl OpShared {
     pub(crate) fn new(
         key: String,
+        class: usize,
+        seq: u64,
         submitted_at: Instant,
         blocking: bool,
         clock: ProgressClock,
@@ -88,13 +97,20 @@ impl OpShared {
         Arc::new(OpShared {
             key,
             submitted_at,
+            seq,
             blocking,
+            class: u32::try_from(class).expect("a runner has fewer than 2^32 classes"),
             cancelled: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
             abort_waker: AtomicWaker::new(),
             clock,
             inner: Mutex::new(OpMut::default()),
         })
+    }
+
+    /// Index of its class in the runner's classes.
+    pub(crate) fn class(&self) -> usize {
+        self.class as usize
     }
 
     fn lock(&self) -> MutexGuard<'_, OpMut> {
@@ -227,7 +243,14 @@ mod tests {
     use super::*;
 
     fn op() -> Arc<OpShared> {
-        OpShared::new("k".into(), Instant::now(), false, ProgressClock::default())
+        OpShared::new(
+            "k".into(),
+            0,
+            0,
+            Instant::now(),
+            false,
+            ProgressClock::default(),
+        )
     }
 
     #[test]

@@ -1,91 +1,57 @@
-//! Owns the [`Runner`] itself: admission (deduplication, the two bounds, backpressure), the state
-//! lock and its invariants, starting, finishing and promoting operations, cancellation, views
-//! (state, progress, snapshot, metrics) and shutdown.
+//! Owns the [`Runner`] itself: admission (deduplication, the bounds, backpressure), the state lock
+//! and its invariants, starting, finishing and promoting operations, cancellation, views (state,
+//! progress, snapshot, metrics) and shutdown. The class rule it applies lives in `class.rs`; the
+//! tasks that run operations in `lane.rs`.
 //!
 //! # Invariants (all guarded by the one `State` lock)
 //! * `ops` indexes every accepted operation that has not completed: `None` = waiting,
-//!   `Some(started_at)` = holding a running slot. A key is in `ops` at most once.
-//! * `running` = number of `Some` entries ≤ `max_running`; `waiting` holds exactly the `None`
-//!   entries, in FIFO order, and `waiting.len()` ≤ `max_waiting`.
-//! * `waiting` is non-empty only while every running slot is taken: a slot is handed to the head
-//!   of the queue in the same critical section that frees it.
+//!   `Some(started_at)` = holding a running slot. A key is in `ops` at most once, whatever its
+//!   class.
+//! * Per class, `running` = its `Some` entries, and its `waiting` queue holds exactly its `None`
+//!   entries, in acceptance order, at most the class's `max_waiting`. The runner-wide `running`,
+//!   `waiting` and `idle` (classes with nothing running) are the sums; `running` ≤ `max_running`,
+//!   `waiting` ≤ `max_waiting`.
+//! * Between critical sections, no waiting operation may start (`Classes::may_start` is false
+//!   for the class of every head). When every class reserves a slot (guards), free slots ≥
+//!   `idle`, so a class with nothing running has nothing waiting.
+//! * Freeing a slot enables at most one start, so the critical section that frees a slot hands
+//!   it, with the chosen operation, back to the same lane, or to nobody. Without guards: one
+//!   slot, one start. With guards, a busy class may start iff `free > idle`, an idle one iff
+//!   `free >= idle`; before the finish, no head may start. If the finishing class still runs
+//!   something, `free` grows by one and `idle` stays: busy classes may start, and one start
+//!   restores the counts. If it becomes idle, both grow by one: busy classes still may not
+//!   start, only the finishing class may (its own head), and one start restores the counts.
+//!   Admissions and cancellations of waiting operations never make another head startable.
 //! * An operation's code runs only while its slot is held: the slot is taken before the
 //!   operation is handed to a lane (the task behind a slot) and released by that lane after the
-//!   operation's future or closure has returned; the same critical section may hand the slot,
-//!   with the next waiting operation, back to the same lane.
+//!   operation's future or closure has returned.
 //! * Every accepted operation leaves `ops` exactly once, in the same critical section that sends
 //!   its completion, so completions of one key are delivered in order and after the key is free.
 //! * No user code (operation closures, futures, errors, drops of those) runs under the lock.
 
-use std::any::Any;
 use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::future::poll_fn;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::panic::{self, AssertUnwindSafe};
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::Poll;
 use std::time::Duration;
 
-use futures::FutureExt;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
-use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
+use crate::class::{Classes, Head, Load};
+use crate::lane::{AsyncOp, BlockingOp, Job, Submission, Waiting};
 use crate::metrics::Counters;
 use crate::op::{OpShared, ProgressClock};
 use crate::{
     Completion, Completions, OpContext, OpError, OpInfo, OpState, Outcome, Progress,
-    ProgressUpdates, RunnerMetrics, SubmitError,
+    ProgressUpdates, RunnerConfig, RunnerMetrics, ShutdownMode, SubmitError,
 };
-
-/// Limits of a [`Runner`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunnerConfig {
-    /// Operations running at once (default 10; 0 is treated as 1).
-    pub max_running: usize,
-    /// Accepted operations waiting for a running slot (default 1024; 0 = no queue: `Busy` as
-    /// soon as every slot is taken).
-    pub max_waiting: usize,
-    /// The minimum time between two results of [`ProgressUpdates::next`] (default 1 s; clamped
-    /// to at least 1 ms).
-    pub progress_interval: Duration,
-}
-
-impl Default for RunnerConfig {
-    fn default() -> Self {
-        RunnerConfig {
-            max_running: 10,
-            max_waiting: 1024,
-            progress_interval: Duration::from_secs(1),
-        }
-    }
-}
-
-/// How [`Runner::shutdown`] treats the work it finds. Each `deadline` is measured from the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShutdownMode {
-    /// Let running and waiting operations finish. At the deadline, whatever is left is cancelled:
-    /// waiting operations complete as cancelled without running, running ones get their token
-    /// cancelled and running async ones are aborted.
-    Drain {
-        /// How long to let the work drain.
-        deadline: Duration,
-    },
-    /// Cancel everything at once: waiting operations complete as cancelled without running and
-    /// running ones get their token cancelled. At the deadline, async operations that are still
-    /// running are aborted.
-    Cancel {
-        /// How long running operations get to observe their token.
-        deadline: Duration,
-    },
-}
 
 /// The answer to an accepted submission.
 #[must_use = "a deduplicated submission drops the new operation"]
@@ -107,28 +73,43 @@ pub struct Runner {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     max_running: usize,
     max_waiting: usize,
     progress_interval: Duration,
-    handle: Handle,
+    classes: Classes,
+    pub(crate) handle: Handle,
     state: Mutex<State>,
-    /// Woken when the runner goes from full (running + waiting = capacity) to not full, and
-    /// when shutdown starts.
+    /// Woken (all waiters) when something changed that may let a blocked [`Runner::submit`] in
+    /// while one is blocked, and when shutdown starts.
     room: Notify,
     /// Tracks every task that runs an operation; closed by shutdown, which waits on it.
     tracker: TaskTracker,
     clock: ProgressClock,
     shut_down: AtomicBool,
+    /// Whether a submission into an unknown class was already logged.
+    warned_unknown_class: AtomicBool,
+}
+
+struct State {
+    ops: HashMap<OpKey, Option<Instant>>,
+    classes: Vec<ClassState>,
+    running: usize,
+    waiting: usize,
+    /// Classes with no running operation.
+    idle: usize,
+    /// The acceptance number of the next accepted operation.
+    next_seq: u64,
+    closed: bool,
+    /// Submitters blocked in `submit` waiting for room (registered; see `admit_waiting`).
+    blocked: usize,
+    subscribers: Vec<mpsc::UnboundedSender<Completion>>,
 }
 
 #[derive(Default)]
-struct State {
-    ops: HashMap<OpKey, Option<Instant>>,
+struct ClassState {
     waiting: VecDeque<Waiting>,
     running: usize,
-    closed: bool,
-    subscribers: Vec<mpsc::UnboundedSender<Completion>>,
     counters: Counters,
 }
 
@@ -156,212 +137,6 @@ impl Borrow<str> for OpKey {
     }
 }
 
-type BoxedFuture = Pin<Box<dyn Future<Output = Result<(), OpError>> + Send>>;
-type BoxedBlocking = Box<dyn FnOnce(OpContext) -> Result<(), OpError> + Send>;
-
-/// A waiting operation's code, type-erased (one allocation: the closure and, for async
-/// operations, its future share one box).
-enum Job {
-    Async(BoxedFuture),
-    Blocking(BoxedBlocking),
-}
-
-struct Waiting {
-    op: Arc<OpShared>,
-    job: Job,
-}
-
-/// The two kinds of submissions, so admission is written once.
-trait Submission: Send + Sized + 'static {
-    const BLOCKING: bool;
-    /// Starts the operation in a new lane (called after the state lock was released).
-    fn launch(self, inner: &Arc<Inner>, op: Arc<OpShared>, token: TaskTrackerToken);
-    /// Erases the operation's type so it can wait in the queue. Runs no user code.
-    fn into_job(self, op: &Arc<OpShared>) -> Job;
-}
-
-struct AsyncOp<F>(F);
-
-impl<F, Fut> Submission for AsyncOp<F>
-where
-    F: FnOnce(OpContext) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<(), OpError>> + Send + 'static,
-{
-    const BLOCKING: bool = false;
-
-    fn launch(self, inner: &Arc<Inner>, op: Arc<OpShared>, token: TaskTrackerToken) {
-        let ctx = OpContext::new(Arc::clone(&op));
-        let f = self.0;
-        // The closure is called inside the task, so a panic in it is caught like any other.
-        let first = run_async(Current::new(inner, op), async move { f(ctx).await });
-        drop(inner.handle.spawn(lane(Arc::clone(inner), first, token)));
-    }
-
-    fn into_job(self, op: &Arc<OpShared>) -> Job {
-        let ctx = OpContext::new(Arc::clone(op));
-        let f = self.0;
-        Job::Async(Box::pin(async move { f(ctx).await }))
-    }
-}
-
-struct BlockingOp<F>(F);
-
-impl<F> Submission for BlockingOp<F>
-where
-    F: FnOnce(OpContext) -> Result<(), OpError> + Send + 'static,
-{
-    const BLOCKING: bool = true;
-
-    fn launch(self, inner: &Arc<Inner>, op: Arc<OpShared>, token: TaskTrackerToken) {
-        let first = run_blocking(Current::new(inner, op), self.0);
-        drop(inner.handle.spawn(lane(Arc::clone(inner), first, token)));
-    }
-
-    fn into_job(self, _op: &Arc<OpShared>) -> Job {
-        Job::Blocking(Box::new(self.0))
-    }
-}
-
-/// The task behind one running slot: runs its first operation, then, as long as finishing an
-/// operation hands it the head of the queue, that one, and so on; it ends when the queue is
-/// empty. Operations started from the queue thus cost no task spawn. Holds a task-tracker token,
-/// so shutdown waits for it. (The JoinHandle is not needed: completions are reported through
-/// the runner, and the tracker accounts for the task.)
-async fn lane<First>(inner: Arc<Inner>, first: First, _tracked: TaskTrackerToken)
-where
-    First: Future<Output = Option<Waiting>>,
-{
-    let mut next = first.await;
-    while let Some(waiting) = next {
-        let current = Current::new(&inner, waiting.op);
-        next = match waiting.job {
-            Job::Async(fut) => run_async(current, fut).await,
-            Job::Blocking(f) => run_blocking(current, f).await,
-        };
-    }
-}
-
-/// Runs an async operation on the lane's task, catching panics and honouring an abort request
-/// (a shutdown past its deadline drops the future at its next await point).
-async fn run_async<Fut>(current: Current, fut: Fut) -> Option<Waiting>
-where
-    Fut: Future<Output = Result<(), OpError>>,
-{
-    // Lets other tasks run between operations that complete without ever waiting.
-    tokio::task::coop::consume_budget().await;
-    let op = current.op();
-    let (outcome, panicked) = {
-        let mut fut = pin!(AssertUnwindSafe(fut).catch_unwind());
-        let result = poll_fn(|cx| {
-            if op.poll_aborted(cx) {
-                return Poll::Ready(None);
-            }
-            fut.as_mut().poll(cx).map(Some)
-        })
-        .await;
-        match result {
-            Some(result) => classify(op, result),
-            None => (Outcome::Cancelled, false),
-        }
-        // The operation's future (aborted or not) is dropped here, before its key is freed.
-    };
-    current.complete(outcome, panicked)
-}
-
-/// Runs a blocking operation on Tokio's blocking pool while the lane waits for it. A blocking
-/// operation is never aborted: the lane (and so shutdown) waits until it returns.
-async fn run_blocking<F>(current: Current, f: F) -> Option<Waiting>
-where
-    F: FnOnce(OpContext) -> Result<(), OpError> + Send + 'static,
-{
-    let ctx = OpContext::new(Arc::clone(current.op()));
-    let task = current
-        .inner
-        .handle
-        .spawn_blocking(move || panic::catch_unwind(AssertUnwindSafe(move || f(ctx))));
-    let (outcome, panicked) = match task.await {
-        Ok(result) => classify(current.op(), result),
-        // The runtime is shutting down and did not run it.
-        Err(_) => (Outcome::Cancelled, false),
-    };
-    current.complete(outcome, panicked)
-}
-
-/// The outcome of an operation that returned (or panicked).
-fn classify(op: &OpShared, result: std::thread::Result<Result<(), OpError>>) -> (Outcome, bool) {
-    match result {
-        Ok(Ok(())) => (Outcome::Ok, false),
-        Ok(Err(_)) if op.is_cancelled() => (Outcome::Cancelled, false),
-        Ok(Err(err)) => {
-            // `Display` is the operation's code too: a panic there must not lose the outcome.
-            let message = panic::catch_unwind(AssertUnwindSafe(|| describe(&*err)))
-                .unwrap_or_else(|_| "failed (and its error message panicked)".to_owned());
-            (Outcome::Failed(message), false)
-        }
-        Err(payload) => {
-            let message = panic_message(&*payload);
-            tracing::warn!(key = %op.key, panic = message, "operation panicked");
-            (Outcome::Failed(format!("panicked: {message}")), true)
-        }
-    }
-}
-
-/// The operation a lane is running: completes it exactly once, normally through
-/// [`Current::complete`], or, if the lane's task is dropped first (with its runtime), as
-/// cancelled from `Drop`.
-struct Current {
-    inner: Arc<Inner>,
-    op: Option<Arc<OpShared>>,
-}
-
-impl Current {
-    fn new(inner: &Arc<Inner>, op: Arc<OpShared>) -> Self {
-        Current {
-            inner: Arc::clone(inner),
-            op: Some(op),
-        }
-    }
-
-    fn op(&self) -> &Arc<OpShared> {
-        self.op.as_ref().expect("an operation completes once")
-    }
-
-    /// Completes the operation; returns the next one for this lane, if any.
-    fn complete(mut self, outcome: Outcome, panicked: bool) -> Option<Waiting> {
-        let op = self.op.take().expect("an operation completes once");
-        self.inner.finish(op, outcome, panicked, true)
-    }
-}
-
-impl Drop for Current {
-    fn drop(&mut self) {
-        if let Some(op) = self.op.take() {
-            // Nothing can run any more: no next operation.
-            let _ = self.inner.finish(op, Outcome::Cancelled, false, false);
-        }
-    }
-}
-
-/// The error's message followed by its `source()` chain.
-fn describe(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("non-string panic payload")
-}
-
 /// The key string of a finished operation: moved out if the record is no longer shared (the
 /// common case), copied otherwise (e.g. a progress callback still held by a foreign thread).
 fn take_key(op: Arc<OpShared>) -> String {
@@ -372,6 +147,63 @@ fn take_key(op: Arc<OpShared>) -> String {
 }
 
 impl State {
+    fn new(classes: usize) -> Self {
+        State {
+            ops: HashMap::new(),
+            classes: (0..classes).map(|_| ClassState::default()).collect(),
+            running: 0,
+            waiting: 0,
+            idle: classes,
+            next_seq: 0,
+            closed: false,
+            blocked: 0,
+            subscribers: Vec::new(),
+        }
+    }
+
+    fn load(&self) -> Load {
+        Load {
+            running: self.running,
+            idle: self.idle,
+        }
+    }
+
+    /// Counts a started operation of `class`.
+    fn take_slot(&mut self, class: usize) {
+        let c = &mut self.classes[class];
+        c.running += 1;
+        if c.running == 1 {
+            self.idle -= 1;
+        }
+        self.running += 1;
+    }
+
+    /// Counts a finished operation of `class`.
+    fn free_slot(&mut self, class: usize) {
+        let c = &mut self.classes[class];
+        c.running -= 1;
+        if c.running == 0 {
+            self.idle += 1;
+        }
+        self.running -= 1;
+    }
+
+    /// The class whose head may take a free slot now, if any (the class rule).
+    fn choose(&self, classes: &Classes, now: Instant) -> Option<usize> {
+        if self.waiting == 0 {
+            return None;
+        }
+        let heads = self.classes.iter().enumerate().map(|(i, c)| {
+            let head = c.waiting.front().map(|w| Head {
+                running: c.running,
+                accepted_at: w.op.submitted_at,
+                seq: w.op.seq,
+            });
+            (i, head)
+        });
+        classes.choose(self.load(), now, heads)
+    }
+
     /// Sends a completion to every live subscriber (pruning the dead ones).
     fn deliver(&mut self, completion: Completion) {
         self.subscribers.retain(|tx| !tx.is_closed());
@@ -384,13 +216,21 @@ impl State {
         }
     }
 
-    /// Completes every waiting operation as cancelled. Returns their jobs, to be dropped once the
-    /// lock is released.
+    /// Completes every waiting operation as cancelled, in acceptance order. Returns their jobs,
+    /// to be dropped once the lock is released.
     fn cancel_waiting(&mut self) -> Vec<Job> {
-        let mut jobs = Vec::with_capacity(self.waiting.len());
-        while let Some(w) = self.waiting.pop_front() {
+        let mut all = Vec::with_capacity(self.waiting);
+        for c in &mut self.classes {
+            all.extend(c.waiting.drain(..));
+        }
+        all.sort_by_key(|w| w.op.seq);
+        self.waiting = 0;
+        let mut jobs = Vec::with_capacity(all.len());
+        for w in all {
             self.ops.remove(w.op.key.as_str());
-            self.counters.record(&Outcome::Cancelled, false, None);
+            self.classes[w.op.class()]
+                .counters
+                .record(&Outcome::Cancelled, false, None);
             self.deliver(Completion {
                 key: w.op.key.clone(),
                 outcome: Outcome::Cancelled,
@@ -414,21 +254,54 @@ enum Admission<O> {
     Full(String, O),
 }
 
-impl Inner {
-    /// Operations the runner holds at most (running + waiting). Submitters blocked in
-    /// [`Runner::submit`] are woken whenever the count drops from this value.
-    fn capacity(&self) -> usize {
-        self.max_running + self.max_waiting
-    }
+/// A submitter blocked in [`Runner::submit`]: registered in `State::blocked` while it waits, so
+/// that the runner wakes it; unregistered when it gets an answer or its future is dropped.
+struct Blocked<'a> {
+    inner: &'a Inner,
+    registered: bool,
+}
 
+impl Blocked<'_> {
+    fn register(&mut self) {
+        self.inner.lock().blocked += 1;
+        self.registered = true;
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        if self.registered {
+            self.inner.lock().blocked -= 1;
+        }
+    }
+}
+
+impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // No critical section can panic half-way (no user code runs under the lock).
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The index of the class named `name`; an unknown name means the default class (logged
+    /// once per runner).
+    fn class_index(&self, name: &str) -> usize {
+        if let Some(i) = self.classes.find(name) {
+            return i;
+        }
+        if !self.warned_unknown_class.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                class = name,
+                default = self.classes.specs[0].name,
+                "submission into an unknown operation class: using the default class"
+            );
+        }
+        0
+    }
+
     /// Takes a decision on a submission under the lock; starts or queues it if accepted.
     fn admit<O: Submission>(
         self: &Arc<Self>,
+        class: usize,
         key: String,
         op: O,
         count_busy: bool,
@@ -443,50 +316,68 @@ impl Inner {
                 Some(_) => Submitted::AlreadyRunning,
                 None => Submitted::AlreadyWaiting,
             };
-            st.counters.deduplicated += 1;
+            st.classes[class].counters.deduplicated += 1;
             drop(st);
             return Admission::Done(Ok(answer));
         }
         let now = Instant::now();
-        if st.running < self.max_running {
-            let shared = OpShared::new(key, now, O::BLOCKING, Arc::clone(&self.clock));
+        let seq = st.next_seq;
+        let c = &st.classes[class];
+        // FIFO within a class: a new operation starts at once only if none of its class waits.
+        if c.waiting.is_empty() && self.classes.may_start(st.load(), c.running) {
+            let shared = OpShared::new(key, class, seq, now, O::BLOCKING, Arc::clone(&self.clock));
+            st.next_seq += 1;
             st.ops.insert(OpKey(Arc::clone(&shared)), Some(now));
-            st.running += 1;
-            st.counters.accepted += 1;
+            st.take_slot(class);
+            st.classes[class].counters.accepted += 1;
             // Taken under the lock so that a concurrent shutdown cannot miss this task.
             let token = self.tracker.token();
             drop(st);
             op.launch(self, shared, token);
             return Admission::Done(Ok(Submitted::Accepted));
         }
-        if st.waiting.len() < self.max_waiting {
-            let shared = OpShared::new(key, now, O::BLOCKING, Arc::clone(&self.clock));
+        if st.waiting < self.max_waiting && c.waiting.len() < self.classes.specs[class].max_waiting
+        {
+            let shared = OpShared::new(key, class, seq, now, O::BLOCKING, Arc::clone(&self.clock));
             let job = op.into_job(&shared);
+            st.next_seq += 1;
             st.ops.insert(OpKey(Arc::clone(&shared)), None);
-            st.waiting.push_back(Waiting { op: shared, job });
-            st.counters.accepted += 1;
+            st.waiting += 1;
+            let c = &mut st.classes[class];
+            c.waiting.push_back(Waiting { op: shared, job });
+            c.counters.accepted += 1;
             return Admission::Done(Ok(Submitted::Accepted));
         }
         if count_busy {
-            st.counters.rejected_busy += 1;
+            st.classes[class].counters.rejected_busy += 1;
         }
         drop(st);
         Admission::Full(key, op)
     }
 
-    /// Waits for room in the queue instead of answering `Busy`.
+    /// Waits for room instead of answering `Busy`.
     async fn admit_waiting<O: Submission>(
         self: &Arc<Self>,
+        class: usize,
         mut key: String,
         mut op: O,
     ) -> Result<Submitted, SubmitError> {
+        let mut blocked = Blocked {
+            inner: self,
+            registered: false,
+        };
         let mut room = pin!(self.room.notified());
         loop {
-            // Registered before the state is checked, so a wake-up in between is not lost.
+            // Enabled before the state is checked, so a wake-up in between is not lost.
             room.as_mut().enable();
-            match self.admit(key, op, false) {
+            match self.admit(class, key, op, false) {
                 Admission::Done(answer) => return answer,
                 Admission::Full(k, o) => (key, op) = (k, o),
+            }
+            if !blocked.registered {
+                // The runner wakes blocked submitters only once they are registered: check again.
+                blocked.register();
+                continue;
             }
             room.as_mut().await;
             room.set(self.room.notified());
@@ -495,20 +386,22 @@ impl Inner {
 
     fn try_admit<O: Submission>(
         self: &Arc<Self>,
+        class: usize,
         key: String,
         op: O,
     ) -> Result<Submitted, SubmitError> {
-        match self.admit(key, op, true) {
+        match self.admit(class, key, op, true) {
             Admission::Done(answer) => answer,
             Admission::Full(..) => Err(SubmitError::Busy),
         }
     }
 
-    /// Ends an operation: frees its key and slot, hands the slot to the head of the queue and
-    /// delivers the completion, all in one critical section. `normal` is false when the task was
-    /// dropped before finishing (aborted after a shutdown deadline, or its runtime is going
-    /// away): no operation is started then, and any waiting ones complete as cancelled.
-    fn finish(
+    /// Ends an operation: frees its key and slot, hands the slot to the waiting operation the
+    /// class rule chooses, if any, and delivers the completion, all in one critical section.
+    /// `normal` is false when the task was dropped before finishing (aborted after a shutdown
+    /// deadline, or its runtime is going away): no operation is started then, and any waiting
+    /// ones complete as cancelled.
+    pub(crate) fn finish(
         self: &Arc<Self>,
         op: Arc<OpShared>,
         outcome: Outcome,
@@ -522,27 +415,38 @@ impl Inner {
             .remove(op.key.as_str())
             .expect("an operation stays indexed until it finishes");
         let started_at = started.expect("only a started operation finishes");
-        st.running -= 1;
+        let class = op.class();
+        st.free_slot(class);
         let duration = now.saturating_duration_since(started_at);
-        st.counters.record(&outcome, panicked, Some(duration));
+        st.classes[class]
+            .counters
+            .record(&outcome, panicked, Some(duration));
 
-        // Was the runner full before this operation left (`running` is already decremented)?
-        let was_full = st.running + 1 + st.waiting.len() >= self.capacity();
         let mut next = None;
         let mut orphans = Vec::new();
         if normal {
-            if let Some(waiting) = st.waiting.pop_front() {
+            if let Some(chosen) = st.choose(&self.classes, now) {
+                let waiting = st.classes[chosen]
+                    .waiting
+                    .pop_front()
+                    .expect("a chosen class has a head");
+                st.waiting -= 1;
                 *st.ops
                     .get_mut(waiting.op.key.as_str())
                     .expect("a waiting operation is indexed") = Some(now);
-                st.running += 1;
+                st.take_slot(chosen);
+                debug_assert!(
+                    st.choose(&self.classes, now).is_none(),
+                    "a freed slot enables at most one start"
+                );
                 next = Some(waiting);
             }
-        } else if !st.waiting.is_empty() {
+        } else if st.waiting > 0 {
             // Nothing can run any more: stop accepting and complete the queue.
             st.closed = true;
             orphans = st.cancel_waiting();
         }
+        let notify = st.blocked > 0 || !orphans.is_empty();
         st.deliver(Completion {
             key: take_key(op),
             outcome,
@@ -550,7 +454,7 @@ impl Inner {
         });
         drop(st);
 
-        if was_full || !orphans.is_empty() {
+        if notify {
             self.room.notify_waiters();
         }
         drop(orphans);
@@ -592,8 +496,9 @@ impl fmt::Debug for Runner {
         f.debug_struct("Runner")
             .field("max_running", &self.inner.max_running)
             .field("max_waiting", &self.inner.max_waiting)
+            .field("classes", &self.inner.classes.len())
             .field("running", &st.running)
-            .field("waiting", &st.waiting.len())
+            .field("waiting", &st.waiting)
             .field("closed", &st.closed)
             .finish()
     }
@@ -610,27 +515,28 @@ impl Runner {
 
     /// Creates a runner whose operations run on the runtime of `handle`.
     pub fn with_handle(cfg: RunnerConfig, handle: Handle) -> Runner {
+        let max_running = cfg.max_running.max(1);
+        let classes = Classes::new(max_running, cfg.max_waiting, &cfg.classes, cfg.aging);
         Runner {
             inner: Arc::new(Inner {
-                max_running: cfg.max_running.max(1),
+                max_running,
                 max_waiting: cfg.max_waiting,
                 progress_interval: cfg.progress_interval.max(Duration::from_millis(1)),
+                state: Mutex::new(State::new(classes.len())),
+                classes,
                 handle,
-                state: Mutex::new(State::default()),
                 room: Notify::new(),
                 tracker: TaskTracker::new(),
                 clock: ProgressClock::default(),
                 shut_down: AtomicBool::new(false),
+                warned_unknown_class: AtomicBool::new(false),
             }),
         }
     }
 
-    /// Submits an async operation under `key`, or answers at once.
-    ///
-    /// `op` is called once, inside the operation's task, when it gets a running slot (at once if
-    /// one is free, else in FIFO order after the operations already waiting). If the key is
-    /// already running or waiting, `op` is dropped and the answer says so. A full queue answers
-    /// [`SubmitError::Busy`]; after shutdown started, [`SubmitError::ShuttingDown`].
+    /// Submits an async operation under `key` into the default class (the first configured
+    /// class), or answers at once. Same as [`try_submit_in`](Self::try_submit_in) with that
+    /// class.
     pub fn try_submit<F, Fut>(
         &self,
         key: impl Into<String>,
@@ -640,7 +546,29 @@ impl Runner {
         F: FnOnce(OpContext) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), OpError>> + Send + 'static,
     {
-        self.inner.try_admit(key.into(), AsyncOp(op))
+        self.inner.try_admit(0, key.into(), AsyncOp(op))
+    }
+
+    /// Submits an async operation under `key` into `class`, or answers at once.
+    ///
+    /// `op` is called once, inside the operation's task, when it gets a running slot: at once if
+    /// the class may take a free slot and none of its operations waits, else when the class rule
+    /// gives it one (FIFO within the class; see the crate docs). If the key is already running
+    /// or waiting, in any class, `op` is dropped and the answer says so. A full queue (the
+    /// runner's or the class's) answers [`SubmitError::Busy`]; after shutdown started,
+    /// [`SubmitError::ShuttingDown`]. An unknown `class` means the default class.
+    pub fn try_submit_in<F, Fut>(
+        &self,
+        class: &str,
+        key: impl Into<String>,
+        op: F,
+    ) -> Result<Submitted, SubmitError>
+    where
+        F: FnOnce(OpContext) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), OpError>> + Send + 'static,
+    {
+        let class = self.inner.class_index(class);
+        self.inner.try_admit(class, key.into(), AsyncOp(op))
     }
 
     /// Like [`try_submit`](Self::try_submit), but when the queue is full it waits for room
@@ -656,7 +584,24 @@ impl Runner {
         F: FnOnce(OpContext) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), OpError>> + Send + 'static,
     {
-        self.inner.admit_waiting(key.into(), AsyncOp(op)).await
+        self.inner.admit_waiting(0, key.into(), AsyncOp(op)).await
+    }
+
+    /// [`try_submit_in`](Self::try_submit_in) that waits for room like [`submit`](Self::submit).
+    pub async fn submit_in<F, Fut>(
+        &self,
+        class: &str,
+        key: impl Into<String>,
+        op: F,
+    ) -> Result<Submitted, SubmitError>
+    where
+        F: FnOnce(OpContext) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), OpError>> + Send + 'static,
+    {
+        let class = self.inner.class_index(class);
+        self.inner
+            .admit_waiting(class, key.into(), AsyncOp(op))
+            .await
     }
 
     /// Like [`try_submit`](Self::try_submit) for blocking code (e.g. calls into a C library):
@@ -671,7 +616,22 @@ impl Runner {
     where
         F: FnOnce(OpContext) -> Result<(), OpError> + Send + 'static,
     {
-        self.inner.try_admit(key.into(), BlockingOp(op))
+        self.inner.try_admit(0, key.into(), BlockingOp(op))
+    }
+
+    /// [`try_submit_blocking`](Self::try_submit_blocking) into `class` (see
+    /// [`try_submit_in`](Self::try_submit_in)).
+    pub fn try_submit_blocking_in<F>(
+        &self,
+        class: &str,
+        key: impl Into<String>,
+        op: F,
+    ) -> Result<Submitted, SubmitError>
+    where
+        F: FnOnce(OpContext) -> Result<(), OpError> + Send + 'static,
+    {
+        let class = self.inner.class_index(class);
+        self.inner.try_admit(class, key.into(), BlockingOp(op))
     }
 
     /// [`try_submit_blocking`](Self::try_submit_blocking) that waits for room like
@@ -684,7 +644,32 @@ impl Runner {
     where
         F: FnOnce(OpContext) -> Result<(), OpError> + Send + 'static,
     {
-        self.inner.admit_waiting(key.into(), BlockingOp(op)).await
+        self.inner
+            .admit_waiting(0, key.into(), BlockingOp(op))
+            .await
+    }
+
+    /// [`submit_blocking`](Self::submit_blocking) into `class` (see
+    /// [`try_submit_in`](Self::try_submit_in)).
+    pub async fn submit_blocking_in<F>(
+        &self,
+        class: &str,
+        key: impl Into<String>,
+        op: F,
+    ) -> Result<Submitted, SubmitError>
+    where
+        F: FnOnce(OpContext) -> Result<(), OpError> + Send + 'static,
+    {
+        let class = self.inner.class_index(class);
+        self.inner
+            .admit_waiting(class, key.into(), BlockingOp(op))
+            .await
+    }
+
+    /// Whether a class named `name` is configured (submissions into any other name go to the
+    /// default class).
+    pub fn has_class(&self, name: &str) -> bool {
+        self.inner.classes.find(name).is_some()
     }
 
     /// Cancels the operation under `key`. A waiting operation is removed and completes as
@@ -702,23 +687,25 @@ impl Runner {
             op.cancel();
             return true;
         }
-        let was_full = st.running + st.waiting.len() >= self.inner.capacity();
-        let position = st
+        let class = &mut st.classes[op.class()];
+        let position = class
             .waiting
             .iter()
             .position(|w| Arc::ptr_eq(&w.op, &op))
             .expect("an indexed waiting operation is queued");
-        let waiting = st.waiting.remove(position);
+        let waiting = class.waiting.remove(position);
+        class.counters.record(&Outcome::Cancelled, false, None);
+        st.waiting -= 1;
         st.ops.remove(key);
-        st.counters.record(&Outcome::Cancelled, false, None);
         st.deliver(Completion {
             key: key.to_owned(),
             outcome: Outcome::Cancelled,
             duration: Duration::ZERO,
         });
+        let notify = st.blocked > 0;
         drop(st);
         tracing::debug!(key, "cancelled a waiting operation");
-        if was_full {
+        if notify {
             self.inner.room.notify_waiters();
         }
         drop(waiting);
@@ -743,19 +730,26 @@ impl Runner {
         op.progress()
     }
 
-    /// Every running operation (oldest start first) then every waiting one (queue order).
+    /// Every running operation (oldest start first) then every waiting one (acceptance order,
+    /// all classes merged).
     pub fn snapshot(&self) -> Vec<OpInfo> {
-        let (mut running, waiting) = {
+        let (mut running, mut waiting) = {
             let st = self.inner.lock();
             let running: Vec<_> = st
                 .ops
                 .iter()
                 .filter_map(|(key, started)| started.map(|at| (Arc::clone(&key.0), at)))
                 .collect();
-            let waiting: Vec<_> = st.waiting.iter().map(|w| Arc::clone(&w.op)).collect();
+            let waiting: Vec<_> = st
+                .classes
+                .iter()
+                .flat_map(|c| c.waiting.iter().map(|w| Arc::clone(&w.op)))
+                .collect();
             (running, waiting)
         };
         running.sort_by(|(a, at_a), (b, at_b)| at_a.cmp(at_b).then_with(|| a.key.cmp(&b.key)));
+        waiting.sort_by_key(|op| op.seq);
+        let specs = &self.inner.classes.specs;
         let info = |op: &OpShared, state, started_at| OpInfo {
             key: op.key.clone(),
             state,
@@ -764,6 +758,7 @@ impl Runner {
             started_at,
             cancel_requested: op.is_cancelled(),
             blocking: op.blocking,
+            class: specs[op.class()].name.clone(),
         };
         running
             .iter()
@@ -789,10 +784,23 @@ impl Runner {
         ProgressUpdates::new(self.clone(), self.inner.progress_interval)
     }
 
-    /// A consistent copy of the counters.
+    /// A consistent copy of the counters: runner-wide and per class.
     pub fn metrics(&self) -> RunnerMetrics {
-        let st = self.inner.lock();
-        st.counters.snapshot(st.waiting.len(), st.running)
+        let copied: Vec<_> = {
+            let st = self.inner.lock();
+            st.classes
+                .iter()
+                .map(|c| (c.counters.clone(), c.waiting.len(), c.running))
+                .collect()
+        };
+        let classes = copied
+            .iter()
+            .zip(&self.inner.classes.specs)
+            .map(|((counters, waiting, running), spec)| {
+                counters.class_metrics(&spec.name, spec.share, spec.reserved, *waiting, *running)
+            })
+            .collect();
+        RunnerMetrics::from_classes(classes)
     }
 
     /// Whether shutdown has started (submissions are refused).
@@ -816,7 +824,7 @@ impl Runner {
         let (running, waiting) = {
             let mut st = inner.lock();
             st.closed = true;
-            (st.running, st.waiting.len())
+            (st.running, st.waiting)
         };
         tracing::info!(?mode, running, waiting, "runner shutting down");
         inner.room.notify_waiters();

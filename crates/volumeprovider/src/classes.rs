@@ -1,8 +1,9 @@
-//! Volume classes (`--supported-volume-classes`, SPEC §7.6): a YAML or JSON list of IRI
+//! Volume classes (`--supported-volume-classes`): a YAML or JSON list of IRI
 //! `VolumeClass` objects with proto JSON names, e.g.
 //! `[{"name":"fast","capabilities":{"tps":262144000,"iops":15000}}]`. Unknown keys are ignored,
 //! duplicate or empty names and negative capabilities are rejected. The file is loaded and validated
-//! before anything else starts (fixes SPEC §9.8). Classes keep their file order, which is the order
+//! before anything else starts (the Go provider loaded it only after every background loop had
+//! started). Classes keep their file order, which is the order
 //! of `Status` replies.
 //!
 //! Without a file the daemon uses [`VolumeClasses::builtin`]: one class `standard` with modest caps

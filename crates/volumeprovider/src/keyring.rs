@@ -1,7 +1,7 @@
-//! The Ceph key of the daemon's rados user (SPEC §3.7): `--ceph-key-file` (a file holding only the
+//! The Ceph key of the daemon's rados user: `--ceph-key-file` (a file holding only the
 //! key) wins; else `--ceph-keyring-file` is parsed as a Ceph keyring and the `key = …` entry of the
-//! `[client.<user>]` section is taken. This fixes SPEC §9.9 (Go takes the first line that contains
-//! `key` anywhere, so a section such as `[client.keystone]` breaks it).
+//! `[client.<user>]` section is taken. Unlike the Go provider, which takes the first line that contains
+//! `key` anywhere (so a section such as `[client.keystone]` breaks it).
 //!
 //! Keys are wrapped in [`SecretString`], whose `Debug`/`Display` never show the value.
 

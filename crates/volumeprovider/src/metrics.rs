@@ -10,6 +10,7 @@
 //! * `cephvol_controller_queue_length{controller}` and `cephvol_controller_queue_delayed{controller}`
 //!   from the reconcilers' work queues;
 //! * `cephvol_events_recorded_total`, `cephvol_events_dropped_total`, `cephvol_events_held`;
+//! * `cephvol_leader`: 1 on the daemon holding the pool's leader lease, 0 on a standby;
 //! * `cephvol_build_info{version}`.
 
 use std::net::SocketAddr;
@@ -218,12 +219,7 @@ impl Collector for RunnerCollector {
             "Operations cancelled",
             m.cancelled,
         )?;
-        let buckets: Vec<(f64, u64)> = runner::DURATION_BUCKETS
-            .iter()
-            .zip(m.duration_buckets.iter())
-            .map(|(le, n)| (le.as_secs_f64(), *n))
-            .chain(std::iter::once((f64::INFINITY, m.duration_count)))
-            .collect();
+        let buckets = histogram_buckets(&m.duration_buckets, m.duration_count);
         let desc = e.encode_descriptor(
             "runner_duration_seconds",
             "Run time of long operations",
@@ -236,8 +232,120 @@ impl Collector for RunnerCollector {
             m.duration_count,
             &buckets,
             None,
-        )
+        )?;
+        encode_classes(&mut e, &m.classes)
     }
+}
+
+/// The runner's cumulative duration buckets as `(upper bound in seconds, count)`, `+Inf` last.
+fn histogram_buckets(counts: &[u64], total: u64) -> Vec<(f64, u64)> {
+    runner::DURATION_BUCKETS
+        .iter()
+        .zip(counts.iter())
+        .map(|(le, n)| (le.as_secs_f64(), *n))
+        .chain(std::iter::once((f64::INFINITY, total)))
+        .collect()
+}
+
+/// One per-class figure: metric name, help text, and how to read it from a class.
+type ClassFigure<T> = (&'static str, &'static str, fn(&runner::ClassMetrics) -> T);
+
+/// The label of the per-class runner figures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: String,
+}
+
+/// The same figures per operation class (`populate`, `fill`, `flatten`): gauges, the outcome
+/// counters and the run-time histogram, each labelled `class`.
+fn encode_classes(
+    e: &mut DescriptorEncoder,
+    classes: &[runner::ClassMetrics],
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::metrics::MetricType;
+    let to_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+    let gauges: [ClassFigure<usize>; 3] = [
+        (
+            "runner_class_waiting",
+            "Long operations of the class waiting for a slot",
+            |c| c.waiting,
+        ),
+        (
+            "runner_class_running",
+            "Long operations of the class running",
+            |c| c.running,
+        ),
+        (
+            "runner_class_reserved",
+            "Running slots the class reserves",
+            |c| c.reserved,
+        ),
+    ];
+    for (name, help, read) in gauges {
+        let mut desc = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for c in classes {
+            let label = ClassLabel {
+                class: c.name.clone(),
+            };
+            ConstGauge::new(to_i64(read(c))).encode(desc.encode_family(&label)?)?;
+        }
+    }
+    let counters: [ClassFigure<u64>; 5] = [
+        (
+            "runner_class_accepted",
+            "Operations of the class accepted",
+            |c| c.accepted,
+        ),
+        (
+            "runner_class_succeeded",
+            "Operations of the class that succeeded",
+            |c| c.succeeded,
+        ),
+        (
+            "runner_class_failed",
+            "Operations of the class that failed",
+            |c| c.failed,
+        ),
+        (
+            "runner_class_cancelled",
+            "Operations of the class cancelled",
+            |c| c.cancelled,
+        ),
+        (
+            "runner_class_rejected_busy",
+            "Submissions into the class rejected as busy",
+            |c| c.rejected_busy,
+        ),
+    ];
+    for (name, help, read) in counters {
+        let mut desc = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for c in classes {
+            let label = ClassLabel {
+                class: c.name.clone(),
+            };
+            ConstCounter::new(read(c)).encode(desc.encode_family(&label)?)?;
+        }
+    }
+    let mut desc = e.encode_descriptor(
+        "runner_class_duration_seconds",
+        "Run time of long operations of the class",
+        None,
+        MetricType::Histogram,
+    )?;
+    for c in classes {
+        let buckets = histogram_buckets(&c.duration_buckets, c.duration_count);
+        let label = ClassLabel {
+            class: c.name.clone(),
+        };
+        desc.encode_family(&label)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                c.duration_sum.as_secs_f64(),
+                c.duration_count,
+                &buckets,
+                None,
+            )?;
+    }
+    Ok(())
 }
 
 /// Reads the reconcilers' work queues at scrape time.
@@ -301,6 +409,38 @@ impl Collector for EventsCollector {
             "events_held",
             "Events held for ListEvents",
             i64::try_from(self.0.len()).unwrap_or(i64::MAX),
+        )
+    }
+}
+
+/// Reads whether this daemon leads its pool at scrape time: `cephvol_leader` is 1 on the leader
+/// (the daemon that reconciles and runs long operations) and 0 on a standby.
+pub struct LeaderCollector {
+    read: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for LeaderCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaderCollector")
+    }
+}
+
+impl LeaderCollector {
+    /// A collector calling `is_leader` on every scrape.
+    pub fn new(is_leader: impl Fn() -> bool + Send + Sync + 'static) -> LeaderCollector {
+        LeaderCollector {
+            read: Box::new(is_leader),
+        }
+    }
+}
+
+impl Collector for LeaderCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge(
+            &mut e,
+            "leader",
+            "Whether this daemon holds the pool's leader lease and reconciles (0: standby)",
+            i64::from((self.read)()),
         )
     }
 }
@@ -397,6 +537,63 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cephvol_events_held 0"), "{text}");
+    }
+
+    #[test]
+    fn the_leader_gauge_follows_the_role_at_scrape_time() {
+        let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut m = Metrics::new();
+        let l = Arc::clone(&leading);
+        m.register_collector(Box::new(LeaderCollector::new(move || {
+            l.load(std::sync::atomic::Ordering::SeqCst)
+        })));
+        assert!(m.encode().contains("cephvol_leader 0"));
+        leading.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(m.encode().contains("cephvol_leader 1"));
+    }
+
+    #[tokio::test]
+    async fn every_runner_class_has_its_own_figures() {
+        let runner = runner::Runner::new(runner::RunnerConfig {
+            max_running: 10,
+            classes: vec![
+                runner::ClassConfig::new("populate", 5),
+                runner::ClassConfig::new("fill", 3),
+                runner::ClassConfig::new("flatten", 2),
+            ],
+            ..Default::default()
+        });
+        let answer = runner.try_submit_in("flatten", "image:1", |_| async { Ok(()) });
+        assert_eq!(answer, Ok(runner::Submitted::Accepted));
+        runner
+            .shutdown(runner::ShutdownMode::Drain {
+                deadline: Duration::from_secs(5),
+            })
+            .await;
+        let mut m = Metrics::new();
+        let r = runner.clone();
+        m.register_collector(Box::new(RunnerCollector::new(move || r.metrics())));
+        let text = m.encode();
+        for (class, reserved) in [("populate", 5), ("fill", 3), ("flatten", 2)] {
+            assert!(
+                text.contains(&format!(
+                    "cephvol_runner_class_reserved{{class=\"{class}\"}} {reserved}"
+                )),
+                "{text}"
+            );
+        }
+        assert!(
+            text.contains(r#"cephvol_runner_class_succeeded_total{class="flatten"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"cephvol_runner_class_succeeded_total{class="populate"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"cephvol_runner_class_duration_seconds_count{class="flatten"} 1"#),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -195,3 +195,20 @@ fn server_features_are_recognised_by_package_and_feature_name() {
     );
     assert!(server_features(&pkg("reqwest", &["server"])).is_empty());
 }
+
+/// The daemon builds and runs without Ceph's libraries: only its `ceph` feature links them.
+#[test]
+fn the_default_daemon_build_does_not_link_ceph() {
+    let ws = workspace();
+    for daemon in ["volumeprovider", "cli"] {
+        let graph = ws
+            .default_graph(daemon)
+            .unwrap_or_else(|e| panic!("cargo tree -p {daemon}: {e:#}"));
+        let linked: Vec<String> = graph
+            .iter()
+            .filter(|p| p.name == "ceph" && as_member(ws, p).is_some())
+            .map(|p| format!("{daemon} -> {} {}", p.name, p.version))
+            .collect();
+        assert!(linked.is_empty(), "{linked:?}");
+    }
+}

@@ -7,7 +7,7 @@
 //! | Step | What happens |
 //! |---|---|
 //! | 0 | An OS volume whose OS snapshot is still `Pending`/`Populating` and waited for by no other live volume deletes that snapshot (its populate is cancelled). An operation of this image that is not a flatten (resolve, format, `Filling` copy) is cancelled; the pass waits for its completion. |
-//! | 1 | No `img_<id>` (stat answers not found) → its removal is repeated (not-found ignored: it finishes a removal interrupted half-way, whose image is still listed) → step 6. |
+//! | 1 | No `img_<id>` to work on (stat answers not found, or `Busy`: half-removed) → its removal is repeated (not-found ignored: it finishes a removal interrupted half-way, whose image is still listed) → step 6. |
 //! | 2 | Each rbd snapshot `s` of `img_<id>` whose Snapshot object is live (not `Failed`, and not deleted — or deleted but still `Ready`: its deletion may be waiting for restores that have not cloned it yet) and still points at this volume is **re-homed**: an internal Image `s` (labels [`INTERNAL_LABEL`]`=rehome`, [`REHOME_OF_LABEL`]`=<id>`, no manager label, so it never appears in ListVolumes) with `snapshotRef = s`, size = the snapshot's size as the volume's guest saw it (without a header on top), limits and encryption of the volume; its own reconciler clones it. The pass waits until every `img_<s>` exists. Other rbd snapshots are *orphans* (no record, record deleted or `Failed`): nobody can reference them, so they are flattened away and removed instead of blocking deletion forever. |
 //! | 3 | Children of `img_<id>` (re-home clones and restored volumes; listed within `list_children_timeout`) → `FlatteningChildren`, op `image:<id>` "flatten children" (class `flatten`) on the runner (`status.progress` = children done/total ≈ 1/s, stall watchdog). The pass re-runs on completion and repeats until no child is left. |
 //! | 4 | For each re-homed `s`: snapshot `s` (+protect) on `img_<s>`, Snapshot `s` repointed (`source.volumeImageId = s`) **before** the rbd snapshot is removed from the volume (a crash in between cannot lose the pointer). Orphans are removed. |
@@ -45,10 +45,11 @@ pub(super) async fn delete(ctx: &Arc<Ctx>, img: Image) -> Result<Action> {
     let name = volume_image_name(&id);
     let info = match ctx.backend.stat(&name).await {
         Ok(i) => Some(i),
-        Err(RbdError::NotFound(_)) => {
-            // Not openable is not necessarily gone: a removal interrupted half-way leaves an
-            // image that is still listed. Removing it again finishes that removal (not-found
-            // ignored), so nothing is left behind.
+        // A removal interrupted half-way leaves an image that is still listed but cannot be
+        // opened (`stat` answers `Busy`; an older backend `NotFound`): removing it again finishes
+        // that removal (not-found ignored; `Busy` while the crashed client's watch times out is
+        // retried with backoff), so nothing is left behind.
+        Err(RbdError::NotFound(_)) | Err(RbdError::Busy(_)) => {
             ignore_not_found(ctx.backend.remove_image(&name).await)?;
             None
         }
