@@ -129,10 +129,12 @@
 //!    changes; the volume keeps its data and size.
 //! 9. **Cross-pool children** and 10. **librados timeouts**: handled by the Ceph backend (the
 //!    controllers see ordinary `BlockBackend` errors: retried with backoff).
-//! 11. **After a SIGKILL**: (a) a deletion whose image answers "not found" still removes it,
-//!     which finishes a removal interrupted half-way (image listed, not openable); (b) "vanished"
-//!     is concluded only from the pool's image list (snapshot list for snapshots), never from
-//!     one "not found": a transient one fails the pass, which is retried with backoff.
+//! 11. **After a SIGKILL**: (a) a deletion whose image answers "not found" or `Busy` (a
+//!     half-removed image: listed, not openable) removes it again, which finishes the removal
+//!     (the backend side is in `rbd::BlockBackend`'s contract); (b) "vanished" is concluded only
+//!     when a "not found" is confirmed by the pool's image list (the image's snapshot list for
+//!     snapshots), never from one answer: an unconfirmed one fails the pass, which is retried
+//!     with backoff.
 //! 12. **A snapshot deleted right after a restore from it was accepted**: the snapshot shows
 //!     `deletedAt` but is kept (`status.message` names the restores) until every restore that
 //!     has not got its data yet has it, then removed. A restore accepted after the deletion
