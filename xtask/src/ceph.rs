@@ -5,7 +5,6 @@
 //!   brings it down again if it started it.
 //! * `codegen`: regenerates the committed librbd/librados bindings ([`codegen`]).
 
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -166,10 +165,9 @@ pub fn integration(args: &[String]) -> Result<()> {
         }
     }
     ensure_packages(&[cluster::CLUSTER_PACKAGES, SUITE_PACKAGES].concat())?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     if !skip_checks {
         for check in CHECKS {
-            util::run(Command::new(&cargo).args(*check).current_dir(util::root()))?;
+            util::run(util::cargo_command().args(*check).current_dir(util::root()))?;
         }
     }
     let checks_time = t0.elapsed();
@@ -190,7 +188,7 @@ pub fn integration(args: &[String]) -> Result<()> {
         let mut argv: Vec<&str> = suite.to_vec();
         argv.extend(&extra);
         let result = util::run(
-            Command::new(&cargo)
+            util::cargo_command()
                 .args(&argv)
                 .envs(cluster.env_vars())
                 // The suites fail instead of skipping when the cluster env is missing.
