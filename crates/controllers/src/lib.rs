@@ -103,7 +103,8 @@
 //!    image would hide the loss), an expand of it records nothing more, DeleteVolume works.
 //!    Every event is recorded once while it repeats: the reconcilers do not record an event
 //!    identical (type, reason, action, message) to the last one of the same object, and the
-//!    provider's event store keeps one entry per repeated event (see `volumeprovider::events`).
+//!    provider's event store keeps one entry per repeated event (see `volumeprovider::events`;
+//!    the repeats are counted in the metric `cephvol_events_repeated_total`).
 //! 2. **A snapshot re-homed while a restore looks at it**: `Failed` is written only in the same
 //!    compare-and-set update that checks the snapshot still lives where the pass looked; a moved
 //!    snapshot is looked up again and the restore proceeds from its new home. No event.
@@ -117,7 +118,8 @@
 //!    their deletion removes `img_<snapshot id>` by that name rule — the record if there is one,
 //!    else the rbd image.
 //! 6. **An undecodable record**: lists skip it with a warning and count it
-//!    (`store::Store::skipped_records`, for a metric); the reconcilers start and ListVolumes
+//!    (`store::Store::skipped_records`, exported as
+//!    `cephvol_store_skipped_records_total{collection}`); the reconcilers start and ListVolumes
 //!    answers; a pass that cannot read its own record is not retried in a loop.
 //! 7. **Unprotect refused after the children were flattened** (children in the rbd trash): the
 //!    snapshot is `Flattening` again with `status.message` saying why, and the next flatten waits

@@ -1,8 +1,8 @@
 //! The typed object store of cephvol: volumes ([`Image`]) and snapshots ([`Snapshot`]) with optimistic
 //! concurrency, finalizers and watch, over a pluggable key/value [`Backend`].
 //!
-//! This crate owns the persisted data model (SPEC §1, JSON-compatible with the Go provider), the store semantics
-//! (SPEC §2.1, with the Go quirks fixed) and the local backends. It knows nothing about RBD, reconcilers or gRPC.
+//! This crate owns the persisted data model (JSON-compatible with the Go provider), the store semantics
+//! (the Go store's, with its quirks fixed: see `tests/store_semantics.rs`) and the local backends. It knows nothing about RBD, reconcilers or gRPC.
 //!
 //! # Guarantees of [`Store`]
 //!
@@ -67,7 +67,7 @@
 //! [`Backend`] is a raw key/value seam with compare-and-set preconditions; its exact contract is in the
 //! [`backend`] module docs. [`MemoryBackend`] is for tests; [`HostDirBackend`] stores one JSON file per object,
 //! crash-safe (write temp + fsync + rename + fsync dir). The rados-omap backend lives in the `ceph` crate.
-//! The record stored under a key is the object's JSON document (SPEC §1), the key is `metadata.id`, the
+//! The record stored under a key is the object's JSON document (camelCase JSON, as the Go provider writes it), the key is `metadata.id`, the
 //! collection is [`Object::COLLECTION`].
 
 pub mod backend;

@@ -1,6 +1,6 @@
 //! The persisted objects: [`Metadata`], [`Image`], [`Snapshot`] and their value types.
 //!
-//! The JSON layout is the one the Go provider writes (SPEC §1, Go `encoding/json`): camelCase keys in Go's
+//! The JSON layout is the one the Go provider writes (Go `encoding/json`): camelCase keys in Go's
 //! struct order, `null` for nil maps and pointers, `[]byte` as standard base64 with padding, timestamps as
 //! RFC 3339 with up to nine fraction digits (trailing zeros trimmed, like Go's `RFC3339Nano`), `deletedAt` and
 //! `finalizers` omitted when absent/empty. Records written by the Go provider are read and written back with the
@@ -29,7 +29,7 @@ use crate::serde_go;
 pub struct Metadata {
     /// Primary key (the omap key / file name). Never empty.
     pub id: String,
-    /// Holds the JSON-encoded IRI labels/annotations (SPEC §7.2). Empty ⇄ `null` (Go nil map).
+    /// Holds the JSON-encoded IRI labels/annotations (poollet labels and annotations). Empty ⇄ `null` (Go nil map).
     #[serde(default, with = "serde_go::map_or_null")]
     pub annotations: BTreeMap<String, String>,
     /// Store-level labels (class, manager, image digest, architecture), matched by [`crate::ListOptions`].

@@ -1,4 +1,4 @@
-//! Store semantics (SPEC §2.1 with the Go quirks fixed), one rule per test.
+//! Store semantics (the Go store's, with its quirks fixed), one rule per test.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

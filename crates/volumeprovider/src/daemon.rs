@@ -1,7 +1,7 @@
 //! The daemon: start-up in a safe order, serving, and graceful shutdown.
 //!
-//! Start-up (fixes SPEC §7.1/§9.8: everything that can be wrong is checked before anything
-//! starts):
+//! Start-up (everything that can be wrong is checked before anything starts, so a bad flag or
+//! file never leaves a half-started daemon):
 //! 1. flags validated; the volume class file loaded and validated (or the built-in class list);
 //! 2. local backend: the data directory is created (0700) and locked (`flock`), so two daemons
 //!    never share it; the KEK is loaded (`--ceph-kek-path`, exactly 32 bytes) or, on the local
@@ -40,7 +40,9 @@ use crate::error::{Error, Result};
 use crate::events::EventStore;
 use crate::flags::{BackendKind, DaemonArgs};
 use crate::leader::{Leadership, LeaseLock, LeaseTiming, Role};
-use crate::metrics::{EventsCollector, LeaderCollector, Metrics, QueueCollector, RunnerCollector};
+use crate::metrics::{
+    EventsCollector, LeaderCollector, Metrics, QueueCollector, RunnerCollector, StoreCollector,
+};
 use crate::server::{ServerConfig, ServerParts, VolumeServer};
 use crate::socket;
 
@@ -409,6 +411,10 @@ async fn run(
     metrics.register_collector(Box::new(RunnerCollector::new(move || r.metrics())));
     metrics.register_collector(Box::new(EventsCollector(Arc::clone(&events))));
     metrics.register_collector(Box::new(QueueCollector(probe)));
+    metrics.register_collector(Box::new(StoreCollector::new(
+        images.clone(),
+        snapshots.clone(),
+    )));
     let role = leadership.role();
     metrics.register_collector(Box::new(LeaderCollector::new(move || {
         *role.borrow() == Role::Leader

@@ -1,4 +1,4 @@
-//! The in-memory event store behind `ListEvents` (SPEC §7.5): a ring of at most
+//! The in-memory event store behind `ListEvents`: a ring of at most
 //! `--volume-event-max-events` events (oldest overwritten), entries older than `--volume-event-ttl`
 //! dropped by a GC loop every `--volume-event-resync-interval`. It implements
 //! [`controllers::events::EventRecorder`], so the reconcilers record straight into it.
@@ -11,7 +11,7 @@
 //! count field, so the count is kept here only ([`EventStore::occurrences`], and the debug log
 //! line of every repeat). A retry loop therefore never floods the ring or pushes other events out.
 //!
-//! Queries ([`EventQuery`]) honour `filter.id` (fixes SPEC §9.6), the label selector (matched
+//! Queries ([`EventQuery`]) honour `filter.id` (the Go provider ignored it), the label selector (matched
 //! against the involved object's IRI labels; objects with undecodable labels are skipped) and the
 //! inclusive time window in Unix seconds, applied only when both bounds are > 0. Results keep
 //! insertion order, so replies are deterministic.

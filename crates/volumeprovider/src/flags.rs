@@ -1,4 +1,4 @@
-//! Daemon flags (SPEC §7.7): the Go provider's names and defaults, plus cephvol's own.
+//! Daemon flags: the Go provider's names and defaults, plus cephvol's own.
 //!
 //! Go flags kept: `--address`, `--supported-volume-classes`, `--ceph-monitors`,
 //! `--ceph-connect-timeout`, `--ceph-user`, `--ceph-key-file`, `--ceph-keyring-file`, `--ceph-pool`,
