@@ -54,9 +54,6 @@ pub enum Error {
     /// The binary was built without a requested feature.
     #[error("{0}")]
     Unsupported(String),
-    /// A client-side (CLI) failure: connection, bad input file, RPC error.
-    #[error("{0}")]
-    Cli(String),
     /// Any other I/O failure.
     #[error("{context}: {source}")]
     Io {
