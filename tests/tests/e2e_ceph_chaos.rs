@@ -1,3 +1,4 @@
+// size: one scenario with its model of the workload, its convergence and data checks, and diagnostics.
 //! SIGKILL chaos on a real Ceph cluster: the real daemon (`--backend ceph`) runs a mixed workload
 //! given through its IRI socket and is killed with SIGKILL at random moments, then restarted with
 //! the same flags and data directory. Nothing may be lost, nothing may stay stuck.
@@ -6,15 +7,17 @@
 //!
 //! 1. a few random requests (seeded RNG; the seed is printed, `CEPHVOL_CHAOS_SEED` replays one):
 //!    plain, encrypted and OS-image volumes (plain and encrypted, from a loopback registry with
-//!    two images), snapshots of written volumes, restores from ready snapshots, deletion of
+//!    two images), snapshots of written volumes (a snapshot whose volume is deleted before it is
+//!    ready may end `FAILED`, "source volume is being deleted"; the test then deletes it), restores from ready snapshots, deletion of
 //!    volumes (preferably parents of snapshots and clones: their snapshots are re-homed) and of
 //!    snapshots (preferably ones with restores: their clones are flattened);
-//! 2. after a random delay (0–2.5 s, while populates, formats, fills, clones, flattens and
+//! 2. after a random delay (0–1.5 s, while populates, formats, fills, clones, flattens and
 //!    removals run) the daemon gets SIGKILL and is restarted at once;
 //! 3. mostly, the test then waits until everything converged (every volume it keeps `AVAILABLE`,
 //!    every snapshot `READY`, every deleted object gone, as listed through the socket) and
 //!    reports how long that took; sometimes it goes straight on, so that the next kill hits the
 //!    recovery itself. A volume in `ERROR` or a snapshot `FAILED`, ever, fails the test;
+//!    After the last restart, everything must also stay converged for 20 s.
 //! 4. each volume that is new and converged is checked (an OS volume starts with its rootfs, a
 //!    restore reads exactly its snapshot), gets 4 MiB of pseudo-random data at its end (raw,
 //!    through `rbd import-diff`; behind the LUKS2 header of encrypted ones) and its raw checksum
@@ -68,12 +71,15 @@ const PASSPHRASE: &str = "chaos-passphrase-41d7";
 /// A class without QoS limits, so the CLIs' own reads and writes are not throttled.
 const CLASS: &str = "chaos-unthrottled";
 /// Longest random wait between the requests of a round and the SIGKILL.
-const MAX_KILL_DELAY_MS: u64 = 2500;
+const MAX_KILL_DELAY_MS: u64 = 1500;
 /// Bound of a convergence after a restart: a killed client's watches and locks may stay until
 /// the OSD times them out (30 s), and resumed work waits for its backoff.
 const CONVERGE: Duration = Duration::from_secs(240);
 /// Bound of the clean-up at the end.
 const CLEANUP: Duration = Duration::from_secs(240);
+/// How long everything must stay converged after the last restart (a volume that flips to
+/// `ERROR` later, e.g. on a transient answer of the cluster, fails the test).
+const STABLE: Duration = Duration::from_secs(20);
 /// How long the pool and the store may still disagree once the socket shows convergence (a
 /// removal already reported can still be finishing).
 const SETTLE: Duration = Duration::from_secs(60);
@@ -112,6 +118,9 @@ struct Snap {
     sha: String,
     /// Seen `READY` at a convergence (only those are restored from).
     ready: bool,
+    /// Its volume was deleted before it was seen `READY`: it may legally end `FAILED` ("source
+    /// volume is being deleted"), and is then deleted by the test.
+    doomed: bool,
     deleted: bool,
 }
 
@@ -120,6 +129,8 @@ struct Os {
     reference: String,
     digest: String,
     rootfs_sha: String,
+    /// SHA-256 of each 4 MiB block of the rootfs (diagnostics).
+    rootfs_blocks: Vec<String>,
 }
 
 /// What the test made and what it must find.
@@ -175,8 +186,8 @@ const ACTIONS: &[(Action, u32)] = &[
     (Action::CreateEncrypted, 2),
     (Action::CreateOs, 2),
     (Action::CreateEncryptedOs, 1),
-    (Action::Snapshot, 4),
-    (Action::Restore, 4),
+    (Action::Snapshot, 5),
+    (Action::Restore, 5),
     (Action::DeleteVolume, 2),
     (Action::DeleteSnapshot, 2),
 ];
@@ -278,6 +289,7 @@ impl Chaos {
                     volume: vid.clone(),
                     sha,
                     ready: false,
+                    doomed: false,
                     deleted: false,
                 });
                 format!("snapshot {id} of volume {vid}")
@@ -319,6 +331,11 @@ impl Chaos {
                     return false;
                 };
                 ops::delete(c, &id).await;
+                for s in self.model.snaps.iter_mut() {
+                    if s.volume == id && !s.ready {
+                        s.doomed = true;
+                    }
+                }
                 self.model
                     .vols
                     .iter_mut()
@@ -392,6 +409,7 @@ impl Chaos {
                     }
                 }
             }
+            let mut failed = Vec::new();
             for s in &self.model.snaps {
                 match (s.deleted, snaps.get(&s.id)) {
                     (true, Some(_)) => waiting.push(format!("snapshot {} still listed", s.id)),
@@ -399,6 +417,10 @@ impl Chaos {
                     (false, None) => panic!("snapshot {} is not listed", s.id),
                     (false, Some(l)) => {
                         let st = l.status.as_ref().map(|s| s.state).unwrap_or(-1);
+                        if s.doomed && st == pb::VolumeSnapshotState::VolumeSnapshotFailed as i32 {
+                            failed.push(s.id.clone());
+                            continue;
+                        }
                         assert_ne!(
                             st,
                             pb::VolumeSnapshotState::VolumeSnapshotFailed as i32,
@@ -428,6 +450,21 @@ impl Chaos {
                     "snapshot {id} listed that the test never created"
                 );
             }
+            for id in failed {
+                // Legal for a snapshot whose volume was deleted first; the user deletes it.
+                step(
+                    self.t0,
+                    &format!("  snapshot {id} FAILED (its volume was deleted): delete it"),
+                );
+                ops::delete_snapshot(c, &id).await;
+                self.model
+                    .snaps
+                    .iter_mut()
+                    .find(|s| s.id == id)
+                    .expect("known")
+                    .deleted = true;
+                waiting.push(format!("snapshot {id} deleted after it failed"));
+            }
             if waiting.is_empty() {
                 for s in self.model.snaps.iter_mut().filter(|s| !s.deleted) {
                     s.ready = true;
@@ -456,10 +493,12 @@ impl Chaos {
             match v.kind {
                 Kind::Os(n) => {
                     let e = self.ceph.export(&image, ROOTFS_LEN);
-                    assert_eq!(
-                        e.head, self.os[n].rootfs_sha,
-                        "OS volume {} does not start with the rootfs",
-                        v.id
+                    assert!(
+                        e.head == self.os[n].rootfs_sha,
+                        "OS volume {} does not start with the rootfs of OS image {n} ({}): {}",
+                        v.id,
+                        self.os[n].digest,
+                        self.explain_os(&image, n)
                     );
                     assert!(
                         e.tail_zero,
@@ -490,6 +529,61 @@ impl Chaos {
             written += 1;
         }
         written
+    }
+}
+
+impl Chaos {
+    /// Which rootfs blocks of OS volume `image` differ, and what they hold (zeroes, the data of
+    /// the OS image's `@v1`, something else); the parent and the OS snapshot's record.
+    fn explain_os(&self, image: &str, n: usize) -> String {
+        let os_image = format!("snap_{}", self.os[n].digest);
+        let got = self.ceph.export_blocks(image);
+        let v1 = self.ceph.export_blocks(&format!("{os_image}@v1"));
+        let mut lines = vec![
+            format!(
+                "parent {:?}, OS snapshot record {:?}",
+                self.ceph.parent(image),
+                self.ceph.record(SNAPSHOTS, &self.os[n].digest)
+            ),
+            format!("rbd info {image}: {:?}", self.ceph.info(image)),
+            format!("rbd info {os_image}: {:?}", self.ceph.info(&os_image)),
+            format!(
+                "rbd snap ls {os_image}: {:?}",
+                self.ceph.try_run(
+                    "rbd",
+                    &[
+                        "snap",
+                        "ls",
+                        "--all",
+                        "--format",
+                        "json",
+                        &self.ceph.spec(&os_image)
+                    ]
+                )
+            ),
+        ];
+        for (i, want) in self.os[n].rootfs_blocks.iter().enumerate() {
+            let (sha, zero) = got.get(i).cloned().unwrap_or_default();
+            let in_v1 = v1.get(i).map(|(s, _)| s.as_str());
+            let what = if sha == *want {
+                "ok".to_string()
+            } else if zero {
+                "zeroes".to_string()
+            } else if in_v1 == Some(sha.as_str()) {
+                "the data of @v1 (which differs from the rootfs)".to_string()
+            } else {
+                "other data".to_string()
+            };
+            lines.push(format!(
+                "block {i}: {what}; @v1 block {}",
+                if in_v1 == Some(want.as_str()) {
+                    "ok"
+                } else {
+                    "differs"
+                }
+            ));
+        }
+        lines.join("\n  ")
     }
 }
 
@@ -567,6 +661,10 @@ async fn sigkills_at_random_moments_lose_nothing_and_leave_nothing_behind() {
     for (n, tag) in ["1", "2"].into_iter().enumerate() {
         let rootfs = pattern(ROOTFS_LEN as usize, seed ^ (0x05_1000 + n as u64));
         let rootfs_sha = hex::encode(Sha256::digest(&rootfs));
+        let rootfs_blocks = rootfs
+            .chunks(BLOCK as usize)
+            .map(|b| hex::encode(Sha256::digest(b)))
+            .collect();
         let pushed = reg
             .pusher()
             .push_image("os/chaos", tag, &IronImage::rootfs(rootfs))
@@ -575,6 +673,7 @@ async fn sigkills_at_random_moments_lose_nothing_and_leave_nothing_behind() {
             reference: reg.reference("os/chaos", tag),
             digest: pushed.manifest_digest.clone(),
             rootfs_sha,
+            rootfs_blocks,
         });
     }
     step(t0, "registry up with two OS images");
@@ -633,7 +732,7 @@ async fn sigkills_at_random_moments_lose_nothing_and_leave_nothing_behind() {
     let mut converge_times: Vec<(usize, Duration)> = Vec::new();
     let mut unwaited = 0;
     for round in 1..=kills {
-        let n = chaos.rng.gen_range(2..=4);
+        let n = chaos.rng.gen_range(3..=6);
         step(t0, &format!("round {round}/{kills}: {n} request(s)"));
         let mut done = 0;
         let mut tries = 0;
@@ -679,6 +778,14 @@ async fn sigkills_at_random_moments_lose_nothing_and_leave_nothing_behind() {
             ),
         );
     }
+
+    // Everything stays converged for a while after the last restart.
+    let t_stable = Instant::now();
+    while t_stable.elapsed() < STABLE {
+        chaos.converge(&mut c, &baseline).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    step(t0, &format!("stayed converged for {STABLE:?}"));
 
     // Final checks: every checksum, no leak, the records are what the test kept.
     let mut problems = Vec::new();
