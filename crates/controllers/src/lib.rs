@@ -133,7 +133,9 @@
 //!    controllers see ordinary `BlockBackend` errors: retried with backoff).
 //! 11. **After a SIGKILL**: (a) a deletion whose image answers "not found" or `Busy` (a
 //!     half-removed image: listed, not openable) removes it again, which finishes the removal
-//!     (the backend side is in `rbd::BlockBackend`'s contract); (b) "vanished" is concluded only
+//!     (the backend side is in `rbd::BlockBackend`'s contract); so does the pass of a volume
+//!     not provisioned yet, whose partial image a fill or format was removing (it would stay
+//!     `Pending` for ever otherwise); (b) "vanished" is concluded only
 //!     when a "not found" is confirmed by the pool's image list (the image's snapshot list for
 //!     snapshots), never from one answer: an unconfirmed one fails the pass, which is retried
 //!     with backoff.
