@@ -470,6 +470,10 @@ impl Ceph {
     /// killed daemon's watches are blocklisted first, else `rbd rm` refuses for 30 s.
     pub fn purge_image(&self, image: &str) {
         if self.info(image).is_none() {
+            // Half-removed (listed, cannot be opened): `rbd rm` finishes the removal.
+            if self.images().contains(image) {
+                let _ = self.try_run("rbd", &["rm", "--no-progress", &self.spec(image)]);
+            }
             return;
         }
         let spec = self.spec(image);
