@@ -185,6 +185,7 @@ pub mod image;
 mod kek;
 mod locate;
 pub mod queue;
+mod report;
 mod sizing;
 pub mod snapshot;
 mod source;
@@ -296,6 +297,10 @@ pub struct ControllerConfig {
     pub rate_burst: u32,
     /// How often a running operation writes its progress into the object's status (default 1 s).
     pub progress_interval: Duration,
+    /// A long operation (populate, encrypted fill, flatten) records a Normal progress event about
+    /// its volume at every 25% and, between those, when this much time has passed since its last
+    /// one (default 30 s); a last event gives its duration and average throughput.
+    pub progress_event_interval: Duration,
     /// A long operation whose progress has not moved for this long is cancelled and retried
     /// (default 15 min; `None` disables the watchdog). It watches every stream copy (populate,
     /// encrypted fill: each chunk written moves it) and every flatten.
@@ -340,6 +345,7 @@ impl Default for ControllerConfig {
             rate_limit: 10.0,
             rate_burst: 100,
             progress_interval: Duration::from_secs(1),
+            progress_event_interval: Duration::from_secs(30),
             stall_timeout: Some(Duration::from_secs(15 * 60)),
             resolve_timeout: Duration::from_secs(3 * 60),
             format_timeout: Duration::from_secs(5 * 60),
