@@ -466,6 +466,33 @@ impl Ceph {
         );
     }
 
+    /// The addresses of the clients watching `image` (`rbd status`).
+    pub fn watchers(&self, image: &str) -> Vec<String> {
+        let v = self.json("rbd", &["status", &self.spec(image)]);
+        v["watchers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|w| w["address"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The addresses on the OSD blocklist.
+    pub fn blocklist(&self) -> Vec<String> {
+        let out = self.run("ceph", &["osd", "blocklist", "ls"]);
+        out.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|a| a.contains('/'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// SHA-256 (hex) of `rbd export <spec>`.
+    pub fn export_sha(&self, spec: &str) -> String {
+        self.export(spec, 0).whole
+    }
+
     /// Best-effort removal of an rbd image and its snapshots (clean-up after a failure): the
     /// killed daemon's watches are blocklisted first, else `rbd rm` refuses for 30 s.
     pub fn purge_image(&self, image: &str) {
@@ -521,6 +548,19 @@ pub struct Leftovers {
 }
 
 impl Leftovers {
+    /// Nothing remembered yet.
+    pub fn new(ceph: &Ceph) -> Leftovers {
+        Leftovers {
+            ceph: ceph.clone(),
+            volumes: Mutex::default(),
+            snapshots: Mutex::default(),
+        }
+    }
+    /// The test removed everything itself: nothing to clean up.
+    pub fn done(&self) {
+        self.volumes.lock().expect("lock").clear();
+        self.snapshots.lock().expect("lock").clear();
+    }
     /// Remembers a volume the test created.
     pub fn volume(&self, id: &str) {
         self.volumes.lock().expect("lock").push(id.to_string());

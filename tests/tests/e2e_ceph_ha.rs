@@ -35,31 +35,26 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cli::client::Clients;
 use iri::volume_v1 as pb;
 use registry_fixture::{pattern, IronImage, TestRegistry};
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 use tests::cephvol_bin;
+use tests::cluster::{step, var, Ceph, Leftovers, SNAPSHOTS, VOLUMES};
 use tests::daemon::{eventually, id_of, ops, restore_req, snapshot_req, volume_req, Daemon};
 
 const MIB: u64 = 1 << 20;
 /// Block size of the generated volume data (one rbd object).
-const BLOCK: u64 = 4 * MIB;
+const BLOCK: u64 = tests::cluster::BLOCK;
 /// The daemon's default lease (the tests run with the default flags).
 const LEASE: Duration = Duration::from_secs(15);
 /// What the issue promises: a standby leads within this long after the leader died.
 const TAKEOVER_BOUND: Duration = Duration::from_secs(20);
 /// A class without QoS limits, so the CLIs' own reads and writes are not throttled.
 const CLASS: &str = "ha-unthrottled";
-/// Omap objects of the store.
-const VOLUMES: &str = "ironcore.csi.volumes";
-const SNAPSHOTS: &str = "ironcore.csi.snapshots";
 /// Bound of ordinary steps.
 const STEP: Duration = Duration::from_secs(180);
 /// Exit code of a daemon that lost the leadership.
@@ -67,10 +62,6 @@ const EXIT_LOST_LEADERSHIP: i32 = 75;
 
 /// The tests share the pool's leader lease: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn var(k: &str) -> Option<String> {
-    std::env::var(k).ok().filter(|v| !v.is_empty())
-}
 
 /// The cluster from the environment; `None` (skip) unless under `CEPHVOL_INTEGRATION=1`.
 struct Env {
@@ -113,296 +104,6 @@ fn env() -> Option<Env> {
         client,
         keyring,
     })
-}
-
-/// Prints a step with the time since the start.
-fn step(t0: Instant, what: &str) {
-    eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
-}
-
-// ------------------------------------------------------------------------------------ cluster CLIs
-
-/// The `rbd`/`rados`/`ceph` CLIs on the test cluster.
-#[derive(Clone)]
-struct Ceph {
-    pool: String,
-}
-
-impl Ceph {
-    fn try_run(&self, prog: &str, args: &[&str]) -> Result<String, String> {
-        let out = tokio::task::block_in_place(|| {
-            Command::new(prog)
-                .args(args)
-                .stdin(Stdio::null())
-                .output()
-                .unwrap_or_else(|e| panic!("running {prog}: {e}"))
-        });
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "{prog} {} failed ({}): {} {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim(),
-                String::from_utf8_lossy(&out.stdout).trim()
-            ))
-        }
-    }
-
-    fn run(&self, prog: &str, args: &[&str]) -> String {
-        self.try_run(prog, args).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn json(&self, prog: &str, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["--format", "json"]);
-        let out = self.run(prog, &a);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{prog} {a:?}: bad JSON ({e}): {out}"))
-    }
-
-    fn spec(&self, image: &str) -> String {
-        format!("{}/{image}", self.pool)
-    }
-
-    /// `rbd info`, `None` when the image does not exist.
-    fn info(&self, image: &str) -> Option<Value> {
-        match self.try_run("rbd", &["info", &self.spec(image), "--format", "json"]) {
-            Ok(out) => Some(serde_json::from_str(&out).expect("rbd info JSON")),
-            Err(e) if e.contains("No such file") || e.contains("(2)") => None,
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    /// The parent `image@snapshot` of a clone, `None` for a flat (or missing) image.
-    fn parent(&self, image: &str) -> Option<String> {
-        let p = self.info(image)?.get("parent")?.clone();
-        Some(format!(
-            "{}@{}",
-            p["image"].as_str().unwrap_or("?"),
-            p["snapshot"].as_str().unwrap_or("?")
-        ))
-    }
-
-    /// Every rbd snapshot of `image`: `(name, namespace type, protected)`.
-    fn snaps(&self, image: &str) -> Vec<(String, String, bool)> {
-        let v = self.json("rbd", &["snap", "ls", "--all", &self.spec(image)]);
-        v.as_array()
-            .expect("rbd snap ls: array")
-            .iter()
-            .map(|s| {
-                (
-                    s["name"].as_str().unwrap_or("").to_string(),
-                    s["namespace"]["type"].as_str().unwrap_or("").to_string(),
-                    s["protected"].as_str() == Some("true"),
-                )
-            })
-            .collect()
-    }
-
-    /// How many rados data objects `image` has (by its `block_name_prefix`).
-    fn data_objects(&self, image: &str) -> usize {
-        let info = self.info(image).expect("image exists");
-        let prefix = format!("{}.", info["block_name_prefix"].as_str().expect("prefix"));
-        self.run("rados", &["-p", &self.pool, "ls"])
-            .lines()
-            .filter(|o| o.starts_with(&prefix))
-            .count()
-    }
-
-    /// SHA-256 of `rbd export <spec> -`.
-    fn export_sha(&self, spec: &str) -> String {
-        let full = format!("{}/{spec}", self.pool);
-        tokio::task::block_in_place(|| {
-            let mut child = Command::new("rbd")
-                .args(["export", "--no-progress", &full, "-"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn rbd export");
-            let mut out = child.stdout.take().expect("stdout");
-            let mut sha = Sha256::new();
-            let mut buf = vec![0u8; 4 << 20];
-            loop {
-                let n = out.read(&mut buf).expect("read rbd export");
-                if n == 0 {
-                    break;
-                }
-                sha.update(&buf[..n]);
-            }
-            let status = child.wait_with_output().expect("rbd export");
-            assert!(status.status.success(), "rbd export {full}");
-            hex::encode(sha.finalize())
-        })
-    }
-
-    /// Writes `len` bytes of deterministic data (4 MiB blocks of `pattern(…, seed + block)`) at
-    /// `offset` of `image` with `rbd import-diff`.
-    fn write_pattern(&self, image: &str, offset: u64, len: u64, seed: u64) {
-        let spec = self.spec(image);
-        tokio::task::block_in_place(|| {
-            let mut child = Command::new("rbd")
-                .args(["import-diff", "--no-progress", "-", &spec])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn rbd import-diff");
-            {
-                let mut w = std::io::BufWriter::new(child.stdin.take().expect("stdin"));
-                w.write_all(b"rbd diff v1\n").expect("write diff");
-                let mut done = 0;
-                while done < len {
-                    let n = BLOCK.min(len - done);
-                    w.write_all(b"w").expect("write diff");
-                    w.write_all(&(offset + done).to_le_bytes())
-                        .expect("write diff");
-                    w.write_all(&n.to_le_bytes()).expect("write diff");
-                    w.write_all(&pattern(n as usize, seed.wrapping_add(done / BLOCK)))
-                        .expect("write diff");
-                    done += n;
-                }
-                w.write_all(b"e").expect("write diff");
-                w.flush().expect("write diff");
-            }
-            let out = child.wait_with_output().expect("rbd import-diff");
-            assert!(
-                out.status.success(),
-                "rbd import-diff {spec}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        })
-    }
-
-    /// `status.state` of a store record, `None` if absent.
-    fn state(&self, object: &str, key: &str) -> Option<String> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("value");
-        let file = file.to_str().expect("utf-8 path");
-        match self.try_run(
-            "rados",
-            &["-p", &self.pool, "getomapval", object, key, file],
-        ) {
-            Ok(_) => {
-                let v: Value = serde_json::from_slice(&std::fs::read(file).expect("value"))
-                    .expect("record JSON");
-                Some(v["status"]["state"].as_str().unwrap_or("").to_string())
-            }
-            Err(e) if e.contains("No such key") || e.contains("(2)") => None,
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    /// The addresses of the clients watching `image` (`rbd status`).
-    fn watchers(&self, image: &str) -> Vec<String> {
-        let v = self.json("rbd", &["status", &self.spec(image)]);
-        v["watchers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|w| w["address"].as_str().map(str::to_string))
-            .collect()
-    }
-
-    /// The addresses on the OSD blocklist.
-    fn blocklist(&self) -> Vec<String> {
-        let out = self.run("ceph", &["osd", "blocklist", "ls"]);
-        out.lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|a| a.contains('/'))
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// Best-effort removal of an image and its snapshots (clean-up after a failure; a killed
-    /// daemon's watches are blocklisted first, else `rbd rm` refuses for 30 s).
-    fn purge_image(&self, image: &str) {
-        if self.info(image).is_none() {
-            return;
-        }
-        let spec = self.spec(image);
-        if let Ok(out) = self.try_run("rbd", &["status", &spec, "--format", "json"]) {
-            let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
-            for w in v["watchers"].as_array().cloned().unwrap_or_default() {
-                if let Some(addr) = w["address"].as_str() {
-                    let _ = self.try_run("ceph", &["osd", "blocklist", "add", addr, "600"]);
-                }
-            }
-        }
-        let _ = self.try_run("rbd", &["flatten", "--no-progress", &spec]);
-        for (snap, ns, protected) in self.snaps(image) {
-            if ns != "user" {
-                continue;
-            }
-            let s = format!("{spec}@{snap}");
-            if protected {
-                let _ = self.try_run("rbd", &["snap", "unprotect", &s]);
-            }
-            let _ = self.try_run("rbd", &["snap", "rm", "--no-progress", &s]);
-        }
-        if let Err(e) = self.try_run("rbd", &["rm", "--no-progress", &spec]) {
-            eprintln!("clean-up: {e}");
-        }
-    }
-
-    fn remove_record(&self, object: &str, key: &str) {
-        let _ = self.try_run("rados", &["-p", &self.pool, "rmomapkey", object, key]);
-    }
-}
-
-/// What a test created, removed with the CLIs if it fails half-way (declare it before the
-/// daemons so that they are killed first).
-struct Leftovers {
-    ceph: Ceph,
-    volumes: Mutex<Vec<String>>,
-    snapshots: Mutex<Vec<String>>,
-}
-
-impl Leftovers {
-    fn new(ceph: &Ceph) -> Leftovers {
-        Leftovers {
-            ceph: ceph.clone(),
-            volumes: Mutex::default(),
-            snapshots: Mutex::default(),
-        }
-    }
-    fn volume(&self, id: &str) {
-        self.volumes.lock().unwrap().push(id.to_string());
-    }
-    fn snapshot(&self, id: &str) {
-        self.snapshots.lock().unwrap().push(id.to_string());
-    }
-    fn done(&self) {
-        self.volumes.lock().unwrap().clear();
-        self.snapshots.lock().unwrap().clear();
-    }
-}
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        let volumes = std::mem::take(&mut *self.volumes.lock().unwrap_or_else(|p| p.into_inner()));
-        let snapshots =
-            std::mem::take(&mut *self.snapshots.lock().unwrap_or_else(|p| p.into_inner()));
-        if volumes.is_empty() && snapshots.is_empty() {
-            return;
-        }
-        eprintln!("clean-up after failure: removing what this test created");
-        for id in volumes.iter().rev() {
-            self.ceph.purge_image(&format!("img_{id}"));
-        }
-        for id in &snapshots {
-            self.ceph.purge_image(&format!("img_{id}"));
-            self.ceph.purge_image(&format!("snap_{id}"));
-        }
-        for id in volumes.iter().chain(&snapshots) {
-            self.ceph.remove_record(VOLUMES, id);
-        }
-        for id in &snapshots {
-            self.ceph.remove_record(SNAPSHOTS, id);
-        }
-    }
 }
 
 // ----------------------------------------------------------------------------------------- daemons

@@ -271,6 +271,8 @@ async fn an_image_without_its_header_object_is_listed_exists_and_removing_it_fin
         let id = image_id(&image);
         cli("rados", &["rm", &format!("rbd_header.{id}")]);
         assert_half_removed_then_remove(&b, &image).await;
+        // Without its header the removal cannot know the data objects: the one written goes here.
+        cli("rados", &["rm", &format!("rbd_data.{id}.0000000000000000")]);
     })
     .await;
 }
