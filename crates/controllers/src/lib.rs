@@ -138,7 +138,11 @@
 //!     `Pending` for ever otherwise); (b) "vanished" is concluded only
 //!     when a "not found" is confirmed by the pool's image list (the image's snapshot list for
 //!     snapshots), never from one answer: an unconfirmed one fails the pass, which is retried
-//!     with backoff.
+//!     with backoff; (c) a kill inside librbd's two-step clone never leaves a parentless image
+//!     (a blank disk) under the volume's name: the Ceph backend clones under a temporary name
+//!     and renames the whole clone (`ceph::CephBackend::clone_image`; test
+//!     `crates/ceph/tests/ceph_faults.rs`), so the pass sees either no image (and clones) or a
+//!     whole clone. All found and checked by `tests/tests/e2e_ceph_chaos.rs`.
 //! 12. **A snapshot deleted right after a restore from it was accepted**: the snapshot shows
 //!     `deletedAt` but is kept (`status.message` names the restores) until every restore that
 //!     has not got its data yet has it, then removed. A restore accepted after the deletion
@@ -157,6 +161,8 @@
 //!   `locate` (rbd names, runner keys, where a snapshot's data lives), `status` (progress,
 //!   image `Error`, snapshot `Failed`), `flatten` (flattening clones on the runner).
 //! * `deadline`: the bounds of the slow calls long operations make (see *Deadlines*).
+//! * `report`: the Normal progress events of long operations (every 25% or
+//!   `progress_event_interval`, then one with duration and throughput).
 //! * `wiring`: feeding and running the reconcilers; marks the passes for [`on_reconcile_worker`].
 //! * `source`, `kek`, `sizing`: the image-source seam, the key-encryption key of passphrases,
 //!   size rounding and QoS limits.

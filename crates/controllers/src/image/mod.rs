@@ -1,4 +1,4 @@
-//! The image reconciler: one stored [`Image`](store::Image) ↔ one RBD image `img_<id>`. Owns
+//! The image reconciler: one stored [`store::Image`] ↔ one RBD image `img_<id>`. Owns
 //! provisioning, resizing, access data and the deletion of volumes, including re-homing their
 //! snapshots; the long steps run on the runner under the key `image:<id>`. It touches Snapshot
 //! objects only to create an OS image's snapshot, to mark one `Failed` whose rbd snapshot vanished
@@ -32,7 +32,7 @@
 //! | `Resolving` | (pass) | op "resolve" (re)submitted: a restart resumes here; the runner deduplicates |
 //! | `Error` | `spec.image` set, no `spec.snapshotRef`; no terminal resolve failure within `resync_period` (in memory) | op "resolve" submitted, state stays `Error` |
 //! | `Error` | same, terminal resolve failure within `resync_period` | unchanged (the next resync after it tries again) |
-//! | `Resolving`, `Error` | *(op "resolve" [populate])* resolved within `resolve_timeout` | OS snapshot object `<digest>` created if missing, `spec.snapshotRef = <digest>`, → `Pending` |
+//! | `Resolving`, `Error` | *(op "resolve" (class populate))* resolved within `resolve_timeout` | OS snapshot object `<digest>` created if missing, `spec.snapshotRef = <digest>`, → `Pending` |
 //! | `Resolving`, `Error` | *(op)* the snapshot `<digest>` is being deleted (unused, garbage-collected) | retryable failure: resolved again once it is gone (a new one is populated) |
 //! | `Resolving`, `Error` | *(op)* terminal failure (not found, no platform, malformed …) | `Error` + Warning (`NoPlatformMatch` / `ResolveImageFailed`, once per message) |
 //! | `Resolving` | *(op)* retryable failure (registry unavailable, `resolve_timeout` passed) | `status.message` = `retrying: …`; op fails → retried with backoff |
@@ -48,14 +48,14 @@
 //! | `Pending`, `Error` | unencrypted source, encrypted volume; no KEK configured | `Error` |
 //! | `Pending`, `Error` | unencrypted source, encrypted volume | `Filling` with `headerSize = 16 MiB`, op "fill" submitted (Pacific cannot LUKS-format a clone) |
 //! | `Filling` | (pass) | op "fill" (re)submitted |
-//! | `Filling` | *(op "fill" [fill])* | removes a partial `img_<id>`, creates it empty (`round(size) + headerSize`; an older `Filling` record without `headerSize` gets it first), LUKS2-formats it (`format_timeout`), copies `parent@snap` through the encryption layer (`status.progress` ≈ 1/s, stall watchdog); success → `Pending` with `status.encryption` set; terminal failure (data does not fit, format unsupported, snapshot vanished) → `Error`, not retried at the same size; other failures remove the partial image and retry with backoff |
+//! | `Filling` | *(op "fill" (class fill))* | removes a partial `img_<id>`, creates it empty (`round(size) + headerSize`; an older `Filling` record without `headerSize` gets it first), LUKS2-formats it (`format_timeout`), copies `parent@snap` through the encryption layer (`status.progress` ≈ 1/s, stall watchdog); success → `Pending` with `status.encryption` set; terminal failure (data does not fit, format unsupported, snapshot vanished) → `Error`, not retried at the same size; other failures remove the partial image and retry with backoff |
 //! | `Pending`, `Error` | rbd image exists (resume) | provisioning steps: `wwn` metadata; image grown to `round(size) + headerSize` (a refusal for good: `Error` + one Warning `UpdateImageSizeFailed`, not retried at that size); if the volume is encrypted and its header not set: the row below; then `conf_<limit>` metadata (one event), access data → `Available` |
 //! | `Pending`, `Error` | header needed; no KEK, passphrase undecryptable, or the image is a clone | `Error` + Warning (re-checked every pass: configuring the KEK lets it continue) |
 //! | `Error` | header needed; the format was refused for good at this `round(size)` | unchanged (a new size tries again) |
 //! | `Pending`, `Error` | header needed | `Formatting`, op "format" submitted |
 //! | `Formatting` | rbd image exists | op "format" (re)submitted: a restart resumes here |
 //! | `Formatting` | rbd image missing | created empty again, then as above |
-//! | `Formatting` | *(op "format" [fill])* formatted within `format_timeout` | `status.encryption = EncryptionHeaderSet`, → `Pending`, Normal `ConfigureEncryptionSucceeded` |
+//! | `Formatting` | *(op "format" (class fill))* formatted within `format_timeout` | `status.encryption = EncryptionHeaderSet`, → `Pending`, Normal `ConfigureEncryptionSucceeded` |
 //! | `Formatting` | *(op)* no KEK / passphrase undecryptable / a clone | `Error` + Warning |
 //! | `Formatting` | *(op)* the backend refuses the format (unsupported, invalid) | `Error` + Warning, marked with the size |
 //! | `Formatting` | *(op)* retryable failure, `format_timeout` passed, or an earlier format of the image still running in the background | Warning, `status.message` = `retrying: …`; op fails → retried with backoff |
