@@ -488,6 +488,59 @@ impl Ceph {
             .collect()
     }
 
+    /// Watches that killed clients left on image headers and that the OSD will never expire, as
+    /// `(image, watcher address)`. Ceph Pacific's OSD arms a watch's timeout only when the watch
+    /// op completes with its client session still there: a client killed while its watch
+    /// registration was in flight (opening an image read-write, librbd's clone) leaves a watch
+    /// that no timeout ever removes (fixed upstream in later releases: "osd: avoid watcher
+    /// remains after rados watch is interrupted"). librbd then refuses to remove that image
+    /// ("image has watchers") for ever. Only watches of clients on the OSD blocklist count: each
+    /// killed daemon is fenced by its successor, so those clients are certainly dead.
+    pub fn orphan_watches(&self) -> Vec<(String, String)> {
+        let blocklist: BTreeSet<String> = self.blocklist().into_iter().collect();
+        let mut orphans = Vec::new();
+        for image in self.images() {
+            let Some(info) = self.info(&image) else {
+                continue;
+            };
+            let Some(id) = info["id"].as_str() else {
+                continue;
+            };
+            let header = format!("rbd_header.{id}");
+            let Ok(out) = self.try_run("rados", &["-p", &self.pool, "listwatchers", &header])
+            else {
+                continue;
+            };
+            for addr in out
+                .split_whitespace()
+                .filter_map(|w| w.strip_prefix("watcher="))
+            {
+                if blocklist.contains(addr) {
+                    orphans.push((image.clone(), addr.to_string()));
+                }
+            }
+        }
+        orphans
+    }
+
+    /// Clears [`Ceph::orphan_watches`] the way an operator would: marks every OSD down, so that
+    /// its placement groups peer again and re-arm the timeout of every watch (an OSD marked down
+    /// while alive comes back by itself). Returns once none is left (panics after 2 minutes).
+    pub fn clear_orphan_watches(&self) {
+        let osds = self.run("ceph", &["osd", "ls"]);
+        for osd in osds.split_whitespace() {
+            self.run("ceph", &["osd", "down", osd]);
+        }
+        let t = Instant::now();
+        while !self.orphan_watches().is_empty() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(120),
+                "orphan watches still there 2 minutes after the OSDs were marked down"
+            );
+            tokio::task::block_in_place(|| std::thread::sleep(std::time::Duration::from_secs(2)));
+        }
+    }
+
     /// SHA-256 (hex) of `rbd export <spec>`.
     pub fn export_sha(&self, spec: &str) -> String {
         self.export(spec, 0).whole

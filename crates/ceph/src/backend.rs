@@ -197,6 +197,13 @@ impl CephBackend {
                     "image {name} is still listed after its removal answered ENOENT ({e}); retry"
                 ))),
             },
+            // librbd refuses while the image header has watchers. A killed client's watch
+            // normally expires within 30 s; on Ceph Pacific a client killed while its watch
+            // registration was in flight leaves one that never does.
+            Err(RbdError::Busy(e)) => Err(RbdError::Busy(format!(
+                "{e}: the image is open elsewhere or keeps a killed client's watch (`rbd status` \
+                 shows it; one that stays longer than 30 s is cleared by marking its OSD down)"
+            ))),
             other => other,
         }
     }
