@@ -525,7 +525,7 @@ async fn a_flatten_that_fails_half_way_is_retried_until_the_volume_is_gone() {
 #[tokio::test(start_paused = true)]
 async fn the_sync_baseline_mode_reaches_the_same_states() {
     let mut cfg = test_config();
-    cfg.sync_long_ops = true;
+    cfg.baseline = controllers::Baseline::GoInline;
     let mut w = World::new(cfg, RunnerConfig::default());
     w.start().await;
     let reference = w.source.add("sync", pattern(MIB as usize, 6));
