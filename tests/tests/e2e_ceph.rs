@@ -1,6 +1,9 @@
 //! The real daemon on a real Ceph cluster (`--backend ceph`): plain and encrypted volumes,
 //! snapshot, restore, expand and delete, with the key taken from the `[client.<user>]` section of
-//! a multi-section keyring, and no secret in the logs.
+//! a multi-section keyring, and no secret in the logs. A second test stages the faults that need
+//! librbd: an image removed behind the daemon's back, a snapshot re-homed by the Go provider, and
+//! the size an encrypted volume's guest sees (read through librbd's LUKS2 layer; QEMU's rbd
+//! driver, when installed, must agree).
 //!
 //! Ignored by default. Run with a cluster from `cargo xtask ceph up`:
 //! `eval $(cargo xtask ceph env); cargo test -p tests --features ceph --test e2e_ceph -- --ignored`
@@ -8,12 +11,19 @@
 //! under `CEPHVOL_INTEGRATION=1` (set by `cargo xtask integration`), where it fails.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use iri::volume_v1 as pb;
 use tests::cephvol_bin;
-use tests::daemon::{id_of, ops, restore_req, snapshot_req, volume_req, Daemon};
+use tests::cluster::{Ceph, Leftovers, SNAPSHOTS};
+use tests::daemon::{eventually, id_of, ops, restore_req, snapshot_req, volume_req, Daemon};
 
 const MIB: i64 = 1 << 20;
+
+/// The tests of this file run one at a time: two daemons on one pool share its records and its
+/// leader lease, so one daemon's controllers would work on the other's volumes (and record the
+/// events there).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const PASSPHRASE: &str = "ceph-e2e-passphrase-7b1f";
 
 fn var(k: &str) -> Option<String> {
@@ -33,6 +43,7 @@ fn skip(reason: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Ceph cluster: cargo xtask integration"]
 async fn the_daemon_provisions_volumes_on_a_real_ceph_cluster() {
+    let _serial = SERIAL.lock().await;
     if !cfg!(feature = "ceph") && std::env::var_os("CEPHVOL_BIN").is_none() {
         return skip("build with --features ceph (or set CEPHVOL_BIN)");
     }
@@ -137,3 +148,277 @@ async fn the_daemon_provisions_volumes_on_a_real_ceph_cluster() {
         assert!(!logs.contains(&k), "cephx key in the logs");
     }
 }
+
+/// The daemon flags of the test cluster, with a KEK in `dir`; `None` (after `skip`) when the
+/// cluster environment is missing.
+fn daemon_flags(dir: &std::path::Path) -> Option<(Vec<String>, String)> {
+    if !cfg!(feature = "ceph") && std::env::var_os("CEPHVOL_BIN").is_none() {
+        skip("build with --features ceph (or set CEPHVOL_BIN)");
+        return None;
+    }
+    let (Some(monitors), Some(pool), Some(_conf)) =
+        (var("CEPH_MONITORS"), var("CEPH_POOL"), var("CEPH_CONF"))
+    else {
+        skip("CEPH_MONITORS/CEPH_POOL/CEPH_CONF not set (eval $(cargo xtask ceph env))");
+        return None;
+    };
+    let user = var("CEPH_USER").unwrap_or_else(|| "admin".into());
+    let client = var("CEPH_CLIENT").unwrap_or_else(|| format!("client.{user}"));
+    let keyring = var("CEPH_KEYRING")
+        .or_else(|| var("CEPH_USER_KEYRING"))
+        .expect("CEPH_KEYRING");
+    let kek = dir.join("kek");
+    std::fs::write(&kek, [0x6bu8; 32]).expect("kek");
+    let flags = vec![
+        "--backend=ceph".to_string(),
+        format!("--ceph-monitors={monitors}"),
+        format!("--ceph-pool={pool}"),
+        format!("--ceph-user={user}"),
+        format!("--ceph-client={client}"),
+        format!("--ceph-keyring-file={keyring}"),
+        format!("--ceph-kek-path={}", kek.display()),
+    ];
+    Some((flags, pool))
+}
+
+/// The events ListEvents shows about object `id`: `(reason, message)`.
+async fn events_of(c: &mut cli::client::Clients, id: &str) -> Vec<(String, String)> {
+    c.runtime
+        .list_events(pb::ListEventsRequest {
+            filter: Some(pb::EventFilter {
+                id: id.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("ListEvents")
+        .into_inner()
+        .events
+        .into_iter()
+        .filter_map(|e| e.spec)
+        .map(|s| (s.reason, s.message))
+        .collect()
+}
+
+/// The size the guest of an encrypted image sees: librbd's size through its LUKS2 layer.
+#[cfg(feature = "ceph")]
+async fn decrypted_size(image: &str, passphrase: &[u8]) -> u64 {
+    let cfg = ceph::CephConfig::from_env().expect("CEPH_CONF/CEPH_POOL");
+    let pool = cfg.pool.clone();
+    let backend = ceph::CephBackend::connect(cfg).await.expect("connect");
+    let io = backend.rados().ioctx(&pool).expect("ioctx");
+    let (image, pass) = (image.to_string(), rbd::Passphrase::new(passphrase.to_vec()));
+    tokio::task::spawn_blocking(move || {
+        let img = io.open_image(&image, None, true).expect("open");
+        img.encryption_load_luks2(&pass).expect("LUKS2 load");
+        img.size().expect("size")
+    })
+    .await
+    .expect("librbd thread")
+}
+
+#[cfg(not(feature = "ceph"))]
+async fn decrypted_size(_image: &str, _passphrase: &[u8]) -> u64 {
+    panic!("the decrypted size needs librbd: build the tests with --features ceph")
+}
+
+/// QEMU's view of an encrypted rbd image (`qemu-img info` with the luks2 driver), when this
+/// qemu-img has its rbd driver (Debian ships it in `qemu-block-extra`); `None` otherwise.
+fn qemu_size(ceph: &Ceph, image: &str, passphrase: &[u8], dir: &std::path::Path) -> Option<u64> {
+    let secret = dir.join("luks-secret");
+    std::fs::write(&secret, passphrase).expect("secret file");
+    let conf = var("CEPH_CONF")?;
+    let opts = format!(
+        "driver=rbd,pool={},image={image},conf={conf},encrypt.format=luks2,encrypt.key-secret=sec0",
+        ceph.pool
+    );
+    let object = format!("secret,id=sec0,file={}", secret.display());
+    let args = [
+        "info",
+        "--output=json",
+        "--object",
+        &object,
+        "--image-opts",
+        &opts,
+    ];
+    match ceph.try_run("qemu-img", &args) {
+        Ok(out) => {
+            let v: serde_json::Value = serde_json::from_str(&out).expect("qemu-img JSON");
+            v["virtual-size"].as_u64()
+        }
+        Err(e) if e.contains("Unknown driver 'rbd'") || e.contains("No such file") => {
+            eprintln!("qemu-img without its rbd driver: checked through librbd only ({e})");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Ceph cluster: cargo xtask integration"]
+async fn lost_images_go_rehomes_and_encrypted_sizes_on_a_real_ceph_cluster() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((flags, pool)) = daemon_flags(dir.path()) else {
+        return;
+    };
+    let ceph = Ceph { pool: pool.clone() };
+    // Removes what the test made if it fails half-way (dropped after the daemon).
+    let leftovers = Leftovers {
+        ceph: ceph.clone(),
+        volumes: Default::default(),
+        snapshots: Default::default(),
+    };
+
+    // A snapshot the Go provider re-homed: its data on `img_<id>@<id>`, no image record.
+    let sid = store::new_id();
+    leftovers.snapshot(&sid);
+    let rehome = format!("img_{sid}");
+    let spec = ceph.spec(&rehome);
+    ceph.run("rbd", &["create", "--size", "8M", &spec]);
+    ceph.run("rbd", &["snap", "create", &format!("{spec}@{sid}")]);
+    ceph.run("rbd", &["snap", "protect", &format!("{spec}@{sid}")]);
+    let record = serde_json::json!({
+        "metadata": {
+            "id": sid, "annotations": null,
+            "labels": {"ceph-provider.ironcore.dev/manager": "ceph-volume-provider"},
+            "createdAt": "2024-05-01T10:11:12Z", "generation": 0, "resourceVersion": 3,
+            "finalizers": ["snapshot"]
+        },
+        "source": {"ironcoreImage": "", "volumeImageId": sid},
+        "status": {"state": "Ready", "digest": "", "size": 8 << 20}
+    });
+    ceph.run(
+        "rados",
+        &[
+            "-p",
+            &pool,
+            "setomapval",
+            SNAPSHOTS,
+            &sid,
+            &record.to_string(),
+        ],
+    );
+
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut d = Daemon::start_in(cephvol_bin!(), dir, &flags).await;
+    let mut c = d.clients().await;
+
+    // Item 5: deleting it removes `img_<id>` by the parent-name rule.
+    ops::delete_snapshot(&mut c, &sid).await;
+    ops::wait_snapshot_gone(&mut c, &sid).await;
+    eventually(WAIT, &format!("{rehome} removed"), || {
+        let ceph = ceph.clone();
+        let rehome = rehome.clone();
+        async move { (!ceph.images().contains(&rehome)).then_some(()) }
+    })
+    .await;
+
+    // Item 1: an image removed behind the daemon's back is an error for good, with one event.
+    let id = ops::create(&mut c, volume_req("standard", 8 * MIB, &[])).await;
+    leftovers.volume(&id);
+    ops::wait_available(&mut c, &id).await;
+    let image = format!("img_{id}");
+    ceph.run("rbd", &["rm", "--no-progress", &ceph.spec(&image)]);
+    for size in [16 * MIB, 24 * MIB] {
+        c.runtime
+            .expand_volume(pb::ExpandVolumeRequest {
+                volume_id: id.clone(),
+                resources: Some(pb::VolumeResources {
+                    storage_bytes: size,
+                }),
+            })
+            .await
+            .expect("ExpandVolume");
+    }
+    eventually(WAIT, &format!("volume {id} in error"), || {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move {
+            let v = ops::get(&mut c, &id).await?;
+            let st = v.status.as_ref().map(|s| s.state).unwrap_or(-1);
+            (st == pb::VolumeState::VolumeError as i32).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let v = ops::get(&mut c, &id).await.expect("listed");
+    assert_eq!(
+        v.status.as_ref().map(|s| s.state),
+        Some(pb::VolumeState::VolumeError as i32)
+    );
+    assert!(!ceph.images().contains(&image), "{image} was created again");
+    let events = events_of(&mut c, &id).await;
+    let vanished: Vec<_> = events
+        .iter()
+        .filter(|(r, _)| r == "ImageVanished")
+        .collect();
+    assert_eq!(vanished.len(), 1, "{events:?}");
+    assert!(
+        !events.iter().any(|(r, _)| r == "UpdateImageSizeFailed"),
+        "{events:?}"
+    );
+    ops::delete(&mut c, &id).await;
+    ops::wait_volume_gone(&mut c, &id).await;
+
+    // Item 13: the guest of a new encrypted volume sees exactly the size asked for.
+    const GIB: i64 = 1 << 30;
+    let mut enc = volume_req("standard", GIB, &[]);
+    enc.volume
+        .as_mut()
+        .and_then(|v| v.spec.as_mut())
+        .expect("spec")
+        .encryption = Some(pb::EncryptionSpec {
+        secret_data: BTreeMap::from([(
+            "encryptionKey".to_string(),
+            PASSPHRASE.as_bytes().to_vec(),
+        )]),
+    });
+    let eid = ops::create(&mut c, enc).await;
+    leftovers.volume(&eid);
+    ops::wait_available(&mut c, &eid).await;
+    let eimage = format!("img_{eid}");
+    let seen = decrypted_size(&eimage, PASSPHRASE.as_bytes()).await;
+    assert_eq!(
+        seen, GIB as u64,
+        "the guest of a 1 GiB encrypted volume sees {seen} bytes"
+    );
+    if let Some(q) = qemu_size(&ceph, &eimage, PASSPHRASE.as_bytes(), d.dir.path()) {
+        assert_eq!(q, GIB as u64, "QEMU's luks2 view");
+    }
+    c.runtime
+        .expand_volume(pb::ExpandVolumeRequest {
+            volume_id: eid.clone(),
+            resources: Some(pb::VolumeResources {
+                storage_bytes: 2 * GIB,
+            }),
+        })
+        .await
+        .expect("ExpandVolume");
+    eventually(WAIT, "the encrypted volume to grow", || {
+        let mut c = c.clone();
+        let eid = eid.clone();
+        async move {
+            let v = ops::get(&mut c, &eid).await?;
+            let size = v.status?.resources?.storage_bytes;
+            (size == 2 * GIB).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        decrypted_size(&eimage, PASSPHRASE.as_bytes()).await,
+        2 * GIB as u64
+    );
+    ops::delete(&mut c, &eid).await;
+    ops::wait_volume_gone(&mut c, &eid).await;
+
+    drop(c);
+    assert!(d.terminate().await.success(), "{}", d.logs());
+    let left = ceph.images();
+    for name in [&rehome, &image, &eimage] {
+        assert!(!left.contains(name), "{name} left behind");
+    }
+}
+
+/// Bound of the waits of the fault test.
+const WAIT: Duration = Duration::from_secs(120);

@@ -217,8 +217,7 @@ fn bin_bench(names: &[&str], args: &Args, ceph: &CephSetup) -> Result<Vec<Value>
 
 /// Runs the runner's bench, echoing its output, and parses its `name ours reference ratio` lines.
 fn runner_bench(quick: bool) -> Result<Vec<Value>> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = crate::util::cargo_command();
     cmd.args(["bench", "-p", "runner", "--bench", "runner", "--"]);
     if quick {
         cmd.arg("--quick");

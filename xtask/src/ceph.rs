@@ -5,7 +5,6 @@
 //!   brings it down again if it started it.
 //! * `codegen`: regenerates the committed librbd/librados bindings ([`codegen`]).
 
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -44,6 +43,44 @@ pub const SUITES: &[&[&str]] = &[
         "ceph",
         "--test",
         "e2e_ceph_crash",
+        "--",
+        "--ignored",
+    ],
+    // Two daemons on one pool: one writer, failover, fencing (`tests/tests/e2e_ceph_ha.rs`).
+    &[
+        "test",
+        "-p",
+        "tests",
+        "--features",
+        "ceph",
+        "--test",
+        "e2e_ceph_ha",
+        "--",
+        "--ignored",
+        "--test-threads=1",
+    ],
+    // A clone of a volume snapshot in another pool is flattened there (`tests/tests/e2e_ceph_xpool.rs`).
+    &[
+        "test",
+        "-p",
+        "tests",
+        "--features",
+        "ceph",
+        "--test",
+        "e2e_ceph_xpool",
+        "--",
+        "--ignored",
+    ],
+    // The OSD frozen with SIGSTOP for a few seconds: RPCs answer, SIGTERM ends the daemon
+    // (`tests/tests/e2e_ceph_outage.rs`). Last: it stalls every client of the cluster meanwhile.
+    &[
+        "test",
+        "-p",
+        "tests",
+        "--features",
+        "ceph",
+        "--test",
+        "e2e_ceph_outage",
         "--",
         "--ignored",
     ],
@@ -128,10 +165,9 @@ pub fn integration(args: &[String]) -> Result<()> {
         }
     }
     ensure_packages(&[cluster::CLUSTER_PACKAGES, SUITE_PACKAGES].concat())?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     if !skip_checks {
         for check in CHECKS {
-            util::run(Command::new(&cargo).args(*check).current_dir(util::root()))?;
+            util::run(util::cargo_command().args(*check).current_dir(util::root()))?;
         }
     }
     let checks_time = t0.elapsed();
@@ -152,7 +188,7 @@ pub fn integration(args: &[String]) -> Result<()> {
         let mut argv: Vec<&str> = suite.to_vec();
         argv.extend(&extra);
         let result = util::run(
-            Command::new(&cargo)
+            util::cargo_command()
                 .args(&argv)
                 .envs(cluster.env_vars())
                 // The suites fail instead of skipping when the cluster env is missing.

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{cargo, ensure_debian_packages, root, run as run_cmd};
+use crate::util::{cargo, cargo_command, ensure_debian_packages, root, run as run_cmd};
 use crate::workspace::Workspace;
 
 /// Debian packages the test suites need: a real OCI registry for the populate tests, and the
@@ -73,8 +73,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// Installs `cargo-machete` (`cargo install --locked`) unless `cargo machete` already runs.
 fn ensure_cargo_machete() -> Result<()> {
-    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let present = Command::new(&cargo_bin)
+    let present = cargo_command()
         .args(["machete", "--version"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -189,8 +188,7 @@ impl TestCounts {
 /// Runs `cargo ARGS` (a `cargo test`), passing its standard output through as it comes while
 /// adding its `test result:` lines to `counts`; fails if cargo fails.
 fn cargo_test_counted(args: &[&str], counts: &mut TestCounts) -> Result<()> {
-    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut cmd = Command::new(cargo_bin);
+    let mut cmd = cargo_command();
     cmd.args(args).current_dir(root()).stdout(Stdio::piped());
     eprintln!("xtask: {cmd:?}");
     let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;

@@ -13,8 +13,23 @@ pub fn root() -> PathBuf {
 
 /// Runs `cargo ARGS` in the workspace root and fails if it fails.
 pub fn cargo(args: &[&str]) -> Result<()> {
+    run(cargo_command().args(args).current_dir(root()))
+}
+
+/// A `cargo` command without the package variables that `cargo run` set for xtask itself.
+///
+/// Cargo subcommands such as `cargo machete` decide whether they were started as a subcommand
+/// by the absence of `CARGO_PKG_NAME`; inherited from `cargo xtask`, it makes them read their
+/// own name as an argument.
+pub fn cargo_command() -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    run(Command::new(cargo).args(args).current_dir(root()))
+    let mut cmd = Command::new(cargo);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CARGO_PKG_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
 }
 
 /// Runs a command, echoing it, and fails on a non-zero exit.

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -235,15 +234,14 @@ impl ResolvedPackage {
 
 /// Runs `cargo ARGS` in `dir` and returns its standard output; fails with its standard error.
 pub fn cargo_stdout(dir: &Path, args: &[&str]) -> Result<String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let out = Command::new(&cargo)
+    let out = crate::util::cargo_command()
         .args(args)
         .current_dir(dir)
         .output()
-        .with_context(|| format!("starting {cargo} {args:?}"))?;
+        .with_context(|| format!("starting cargo {args:?}"))?;
     if !out.status.success() {
         bail!(
-            "{cargo} {args:?} failed ({}):\n{}",
+            "cargo {args:?} failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );

@@ -1,5 +1,22 @@
 //! [`CephBackend`]: [`BlockBackend`] on librbd. Each call opens the image it needs, works on it on
 //! tokio's blocking pool (never on a reactor thread) and closes it.
+//!
+//! # What faults produce
+//! * **Stuck placement group, unreachable OSD or mon**: every call is bounded by the handle's op
+//!   timeouts ([`CephConfig::op_timeout`], [`CephConfig::mon_timeout`]) and then fails with
+//!   [`RbdError::Transient`] (ETIMEDOUT), so a blocking thread is pinned at most that long and
+//!   callers retry.
+//! * **Existence** is decided on definite answers only: `stat` fails `NotFound` only when opening
+//!   the image answers ENOENT *and* the pool's image listing (`rbd_list2`) does not name it;
+//!   `image_exists` is true when the image opens or is listed. A listing that fails is an error,
+//!   never "gone".
+//! * **Half-removed image** (a removal killed after librbd moved the image to the trash, or an
+//!   image whose header object is missing): listed, cannot be opened. `stat` fails with
+//!   [`RbdError::Busy`], `image_exists` is true, `remove_image` (`rbd_remove`, which looks the
+//!   name up in the trash too) finishes the removal — after a crash it answers `Busy` until the
+//!   dead client's watch has timed out (`osd_client_watch_timeout`, 30 s).
+//! * **Children in other pools**: `flatten_child` opens the child's own pool; a pool that no longer
+//!   exists is `NotFound`, one the user has no caps on fails with EPERM (`Other`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -29,7 +46,14 @@ const CLONE_FORMAT: u64 = 1;
 /// `RBD_FEATURE_FAST_DIFF` (1 << 4), see [`BlockBackend::clone_image`] in this file.
 const CLONE_FEATURES_CLEARED: u64 = (1 << 3) | (1 << 4);
 
-/// How to connect (SPEC §3.7).
+/// Default of [`CephConfig::op_timeout`]: longer than the OSD failure detection (heartbeat
+/// grace 20 s + interval 6 s), so that an OSD fail-over is a delay, not an error.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default of [`CephConfig::mon_timeout`].
+pub const DEFAULT_MON_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to connect.
 #[derive(Debug, Clone)]
 pub struct CephConfig {
     /// `ceph.conf` to read (optional).
@@ -44,8 +68,12 @@ pub struct CephConfig {
     pub key_file: Option<PathBuf>,
     /// The pool to work in.
     pub pool: String,
-    /// Bound of the connect and of mon commands.
+    /// Bound of the connect and authentication (`client_mount_timeout`).
     pub connect_timeout: Duration,
+    /// Bound of every OSD operation, librbd's included (`rados_osd_op_timeout`; zero: none).
+    pub op_timeout: Duration,
+    /// Bound of every mon command (`rados_mon_op_timeout`; zero: none).
+    pub mon_timeout: Duration,
 }
 
 impl CephConfig {
@@ -62,6 +90,8 @@ impl CephConfig {
             key_file: var("CEPH_KEY_FILE").map(PathBuf::from),
             pool: var("CEPH_POOL")?,
             connect_timeout: Duration::from_secs(10),
+            op_timeout: DEFAULT_OP_TIMEOUT,
+            mon_timeout: DEFAULT_MON_TIMEOUT,
         })
     }
 }
@@ -95,6 +125,8 @@ impl CephBackend {
                 keyring: cfg.keyring.as_deref(),
                 key_file: cfg.key_file.as_deref(),
                 timeout: cfg.connect_timeout,
+                mon_op_timeout: cfg.mon_timeout,
+                osd_op_timeout: cfg.op_timeout,
             })?;
             let io = rados.ioctx(&cfg.pool)?;
             Ok(CephBackend { rados, io })
@@ -141,6 +173,38 @@ impl CephBackend {
         .await
     }
 
+    /// Whether the pool's image listing (`rbd_list2`, which includes half-removed images) names
+    /// `name`: the definite answer behind `stat`, `image_exists` and `remove_image`.
+    async fn listed(&self, name: &str) -> Result<bool> {
+        let io = self.io.clone();
+        let name = name.to_string();
+        blocking(move || Ok(io.list_images()?.contains(&name))).await
+    }
+
+    /// Classifies a `NotFound` that opening image `name` (or working on it) answered: `NotFound`
+    /// only if the image is not listed either; a listed image that does not open is half-removed
+    /// (`Busy`) when the open failed, and changed under our feet (`Transient`) when it opened.
+    async fn confirm_absent(&self, name: &str, err: RbdError, opened: bool) -> RbdError {
+        match self.listed(name).await {
+            Ok(false) => err,
+            Ok(true) if opened => RbdError::Transient(format!(
+                "image {name} changed while it was read ({err}); it is still listed"
+            )),
+            Ok(true) => half_removed(name),
+            Err(e) => e,
+        }
+    }
+
+    /// The I/O context of `pool`: this backend's own, or a new one on the same connection.
+    async fn pool_ioctx(&self, pool: &str) -> Result<IoCtx> {
+        if pool == self.io.pool() {
+            return Ok(self.io.clone());
+        }
+        let rados = self.rados.clone();
+        let pool = pool.to_string();
+        blocking(move || rados.ioctx(&pool)).await
+    }
+
     fn options(&self) -> Result<ImageOptions> {
         let mut opts = ImageOptions::new();
         opts.set_str(sys::RBD_IMAGE_OPTION_DATA_POOL, self.io.pool())?;
@@ -158,6 +222,45 @@ impl CephBackend {
             ))
         })
     }
+}
+
+/// What `stat` answers for an image that is listed but cannot be opened.
+fn half_removed(name: &str) -> RbdError {
+    RbdError::Busy(format!(
+        "image {name} is half-removed (listed, cannot be opened: a removal was interrupted); \
+         removing it again finishes the removal"
+    ))
+}
+
+/// Flattens the open clone `img` (a no-op without parent), reporting `(done, total)` in objects and
+/// stopping with `Cancelled` when `cancel` fires.
+fn flatten_open(img: &Image, progress: &ProgressFn, cancel: &CancellationToken) -> Result<()> {
+    if img.parent()?.is_none() {
+        return Ok(());
+    }
+    if cancel.is_cancelled() {
+        return Err(RbdError::Cancelled);
+    }
+    // librbd reports each object as it starts it, never the end: report completion ourselves so
+    // that the last report of a finished flatten is (total, total).
+    let last = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let seen = last.clone();
+    let report = progress.clone();
+    let token = cancel.clone();
+    img.flatten(&move |done, total| {
+        seen.0.store(done, Ordering::Relaxed);
+        seen.1.store(total, Ordering::Relaxed);
+        report(done, total);
+        !token.is_cancelled()
+    })?;
+    let (done, total) = (
+        last.0.load(Ordering::Relaxed),
+        last.1.load(Ordering::Relaxed),
+    );
+    if total > 0 && done != total {
+        progress(total, total);
+    }
+    Ok(())
 }
 
 /// Whether every byte is zero.
@@ -293,16 +396,40 @@ impl BlockBackend for CephBackend {
     }
 
     async fn stat(&self, name: &str) -> Result<ImageInfo> {
+        let io = self.io.clone();
         let n = name.to_string();
-        self.with_image(name, None, true, move |img| {
-            Ok(ImageInfo {
-                name: n,
-                size: img.size()?,
-                parent: img.parent()?,
-                snapshots: img.snapshots()?,
-            })
-        })
-        .await
+        // A failure comes with whether the open succeeded, to classify a NotFound.
+        let stat = move || -> std::result::Result<ImageInfo, (bool, RbdError)> {
+            let image = io.open_image(&n, None, true).map_err(|e| (false, e))?;
+            let read = || -> Result<ImageInfo> {
+                Ok(ImageInfo {
+                    name: n.clone(),
+                    size: image.size()?,
+                    parent: image.parent()?,
+                    snapshots: image.snapshots()?,
+                })
+            };
+            let info = read().map_err(|e| (true, e))?;
+            image.close().map_err(|e| (true, e))?;
+            Ok(info)
+        };
+        match blocking(move || Ok(stat())).await? {
+            Ok(info) => Ok(info),
+            Err((opened, e @ RbdError::NotFound(_))) => {
+                Err(self.confirm_absent(name, e, opened).await)
+            }
+            Err((_, e)) => Err(e),
+        }
+    }
+
+    async fn image_exists(&self, name: &str) -> Result<bool> {
+        let io = self.io.clone();
+        let n = name.to_string();
+        match blocking(move || io.open_image(&n, None, true)?.close()).await {
+            Ok(()) => Ok(true),
+            Err(RbdError::NotFound(_)) => self.listed(name).await,
+            Err(e) => Err(e),
+        }
     }
 
     async fn list_images(&self) -> Result<Vec<String>> {
@@ -317,8 +444,18 @@ impl BlockBackend for CephBackend {
 
     async fn remove_image(&self, name: &str) -> Result<()> {
         let io = self.io.clone();
-        let name = name.to_string();
-        blocking(move || io.remove_image(&name)).await
+        let n = name.to_string();
+        // rbd_remove finishes a half-removed image too: it looks the name up in the trash when
+        // the directory no longer has it.
+        match blocking(move || io.remove_image(&n)).await {
+            Err(e @ RbdError::NotFound(_)) => match self.listed(name).await? {
+                false => Err(e),
+                true => Err(RbdError::Busy(format!(
+                    "image {name} is still listed after its removal answered ENOENT ({e}); retry"
+                ))),
+            },
+            other => other,
+        }
     }
 
     async fn create_snapshot(&self, image: &str, snap: &str) -> Result<()> {
@@ -407,34 +544,30 @@ impl BlockBackend for CephBackend {
     ) -> Result<()> {
         let span = tracing::debug_span!("flatten", image = %image);
         self.with_image(image, None, false, move |img| {
-            if img.parent()?.is_none() {
-                return Ok(());
-            }
-            if cancel.is_cancelled() {
-                return Err(RbdError::Cancelled);
-            }
-            // librbd reports each object as it starts it, never the end: report completion
-            // ourselves so that the last report of a finished flatten is (total, total).
-            let last = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
-            let seen = last.clone();
-            let report = progress.clone();
-            img.flatten(&move |done, total| {
-                seen.0.store(done, Ordering::Relaxed);
-                seen.1.store(total, Ordering::Relaxed);
-                report(done, total);
-                !cancel.is_cancelled()
-            })?;
-            let (done, total) = (
-                last.0.load(Ordering::Relaxed),
-                last.1.load(Ordering::Relaxed),
-            );
-            if total > 0 && done != total {
-                progress(total, total);
-            }
-            Ok(())
+            flatten_open(img, &progress, &cancel)
         })
         .instrument(span)
         .await
+    }
+
+    async fn flatten_child(
+        &self,
+        child: &ChildRef,
+        progress: ProgressFn,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        let span = tracing::debug_span!("flatten", pool = %child.pool, image = %child.image);
+        let work = async {
+            let io = self.pool_ioctx(&child.pool).await?;
+            let name = child.image.clone();
+            blocking(move || {
+                let img = io.open_image(&name, None, false)?;
+                flatten_open(&img, &progress, &cancel)?;
+                img.close()
+            })
+            .await
+        };
+        work.instrument(span).await
     }
 
     async fn read(&self, image: &str, snap: Option<&str>, offset: u64, len: u64) -> Result<Bytes> {

@@ -340,7 +340,14 @@ impl Image {
         Ok(Some(parent))
     }
 
-    /// Snapshots in creation order, with their protection flags.
+    /// User snapshots in creation order, with their protection flags.
+    ///
+    /// `rbd_snap_list` lists the snapshots of every namespace: while any client removes a
+    /// snapshot, librbd first moves it into the trash namespace under a UUID name (measured on
+    /// Pacific 16.2.15), and such an entry answers ENOENT to every lookup by name. Those entries,
+    /// and snapshots removed between the listing and the protection query, are left out: their
+    /// ENOENT must never read as "the image is gone" (it made the image reconciler report live
+    /// volumes as vanished whenever a snapshot of theirs was being removed).
     pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
         let mut cap: c_int = 8;
         loop {
@@ -368,7 +375,11 @@ impl Image {
             listed.sort_by_key(|(id, _, _)| *id);
             let mut out = Vec::with_capacity(n);
             for (_, name, size) in listed {
-                let protected = self.snap_is_protected(&name)?;
+                let protected = match self.snap_is_protected(&name) {
+                    Ok(p) => p,
+                    Err(RbdError::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                };
                 out.push(SnapshotInfo {
                     name,
                     size,

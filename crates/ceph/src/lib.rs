@@ -8,18 +8,25 @@
 //!   image, closed on drop — ownership makes a double close impossible), errno → [`RbdError`];
 //! * [`CephBackend`]: [`rbd::BlockBackend`] on librbd. Every blocking C call runs on tokio's
 //!   blocking pool, never on a reactor thread;
-//! * [`OmapBackend`]: the store's key/value seam on rados omap (SPEC §2.2 layout: objects
+//! * [`OmapBackend`]: the store's key/value seam on rados omap (the Go provider's layout: objects
 //!   `ironcore.csi.volumes` / `ironcore.csi.snapshots`, key = id, value = JSON), with compare-and-set
-//!   in the same atomic write op.
+//!   in the same atomic write op, and reports of other processes' writes through watch/notify;
+//! * [`ExclusiveLock`]: cls_lock leases (the daemon's leader lock), [`ObjectWatch`] and
+//!   [`IoCtx::notify`]: watch/notify; [`Rados::blocklist_add`]: fencing another client.
 //!
-//! Ceph behaviour this module relies on (measured on Pacific 16.2.15, see `shared/CEPH-LAB.md`):
+//! Ceph behaviour this module relies on (measured on Pacific 16.2.15, see `tests/ceph_*.rs`):
 //! clone v1 needs a protected snapshot (EINVAL otherwise); a clone cannot be LUKS-formatted
 //! (EOPNOTSUPP); an omap compare that fails cancels the whole write op with ECANCELED; a compare
-//! against a missing key compares against the empty value.
+//! against a missing key compares against the empty value; a cls_lock whose expiry passed is gone
+//! for every caller (and no longer listed); a blocklisted client gets ESHUTDOWN from every OSD
+//! operation and loses its watches at once (a killed client's watches otherwise stay until
+//! `osd_client_watch_timeout`, 30 s).
 
 mod backend;
+mod changes;
 mod error;
 mod image;
+mod lock;
 mod omap;
 mod rados;
 #[allow(
@@ -31,12 +38,15 @@ mod rados;
     clippy::all
 )]
 pub mod sys;
+mod watch;
 
-pub use backend::{CephBackend, CephConfig};
+pub use backend::{CephBackend, CephConfig, DEFAULT_MON_TIMEOUT, DEFAULT_OP_TIMEOUT};
 pub use error::errno_error;
 pub use image::{Image, ImageOptions};
+pub use lock::{plain_addr, ExclusiveLock, GuardedWrite, LockOutcome, Locker};
 pub use omap::OmapBackend;
 pub use rados::{IoCtx, Rados};
+pub use watch::{ObjectWatch, WatchMsg};
 
 // The libraries this crate links (Debian: librbd1/librados2 at run time, -dev packages to build).
 #[link(name = "rbd")]

@@ -1,5 +1,5 @@
-//! [`OmapBackend`]: the store's key/value seam ([`store::Backend`]) on rados omap, in the layout of
-//! SPEC §2.2 so that a pool managed by the Go provider is taken over without migration: one rados
+//! [`OmapBackend`]: the store's key/value seam ([`store::Backend`]) on rados omap, in the Go
+//! provider's layout, so that a pool it managed is taken over without migration: one rados
 //! object per collection (`ironcore.csi.volumes`, `ironcore.csi.snapshots`, default namespace), one
 //! omap entry per object, key = id, value = the JSON document.
 //!
@@ -18,11 +18,24 @@
 //!
 //! Listing reads `iterator_size` entries per round trip (`--omap-iterator-size`); a missing object
 //! is an empty collection and a missing key is `Ok(None)`.
+//!
+//! # Changes of other processes
+//! Several daemons may share a pool (a leader and standbys). Every successful write is reported to
+//! the other clients watching the collection object, and [`Backend::remote_changes`] hands a store
+//! the reports of the others (watch/notify, see `changes.rs`), so a store learns at once of records
+//! another daemon wrote.
+//!
+//! # Fencing
+//! A client that another daemon has blocklisted gets EBLOCKLISTED from every OSD: its writes fail
+//! with a `Backend` error saying so, and nothing is written.
+
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use store::{Backend, Precondition, StoreError};
+use store::{Backend, Precondition, Previous, RemoteChanges, StoreError};
 
 use super::CephBackend;
+use crate::changes::{self, Notifier};
 use crate::rados::{IoCtx, WriteOutcome, WriteStep};
 use rbd::{RbdError, Result};
 
@@ -34,6 +47,9 @@ const ABSENT_ATTEMPTS: usize = 16;
 pub struct OmapBackend {
     io: IoCtx,
     iterator_size: u64,
+    /// Reports this handle's writes to other processes; started on the first write (it needs the
+    /// tokio runtime the writes run on).
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl OmapBackend {
@@ -47,6 +63,7 @@ impl OmapBackend {
         Ok(OmapBackend {
             io,
             iterator_size: iterator_size as u64,
+            notifier: Arc::default(),
         })
     }
 
@@ -59,6 +76,21 @@ impl OmapBackend {
     pub fn iterator_size(&self) -> usize {
         self.iterator_size as usize
     }
+
+    /// Reports a successful write of `key` to the other processes watching `collection`.
+    fn report(&self, collection: &str, key: &str, pre: &Precondition) {
+        self.notifier
+            .get_or_init(|| Notifier::start(self.io.clone()))
+            .report(collection, key, Previous::of(pre));
+    }
+}
+
+/// The message of a write refused because this client is blocklisted.
+fn fenced(op: &str, object: &str, key: &str) -> StoreError {
+    StoreError::Backend(format!(
+        "omap {op} {object}/{key:?}: refused, this client is blocklisted (fenced: another daemon \
+         took over the pool)"
+    ))
 }
 
 fn backend_err(op: &str, object: &str, key: &str, e: RbdError) -> StoreError {
@@ -100,6 +132,7 @@ fn put_blocking(
     match pre {
         Precondition::None => match io.write_op(object, &[set]).map_err(err)? {
             WriteOutcome::Done => Ok(()),
+            WriteOutcome::Blocklisted => Err(fenced("put", object, key)),
             other => Err(StoreError::Backend(format!(
                 "omap put {object}/{key:?}: unexpected {other:?}"
             ))),
@@ -111,6 +144,7 @@ fn put_blocking(
             };
             match io.write_op(object, &[cmp, set]).map_err(err)? {
                 WriteOutcome::Done => Ok(()),
+                WriteOutcome::Blocklisted => Err(fenced("put", object, key)),
                 WriteOutcome::NoObject => Err(StoreError::NotFound(key.to_string())),
                 WriteOutcome::CompareFailed => Err(classify_mismatch(io, object, key)),
                 other => Err(StoreError::Backend(format!(
@@ -127,6 +161,7 @@ fn put_blocking(
                         return Err(StoreError::AlreadyExists(key.to_string()))
                     }
                     WriteOutcome::NoObject => {}
+                    WriteOutcome::Blocklisted => return Err(fenced("put", object, key)),
                     other => {
                         return Err(StoreError::Backend(format!(
                             "omap put {object}/{key:?}: unexpected {other:?}"
@@ -138,6 +173,7 @@ fn put_blocking(
                 match io.write_op(object, &[create, set.clone()]).map_err(err)? {
                     WriteOutcome::Done => return Ok(()),
                     WriteOutcome::ObjectExists => continue,
+                    WriteOutcome::Blocklisted => return Err(fenced("put", object, key)),
                     other => {
                         return Err(StoreError::Backend(format!(
                             "omap put {object}/{key:?}: unexpected {other:?}"
@@ -158,6 +194,7 @@ fn remove_blocking(io: &IoCtx, object: &str, key: &str, pre: &Precondition) -> s
     match pre {
         Precondition::None => match io.write_op(object, &[rm]).map_err(err)? {
             WriteOutcome::Done | WriteOutcome::NoObject => Ok(()),
+            WriteOutcome::Blocklisted => Err(fenced("remove", object, key)),
             other => Err(StoreError::Backend(format!(
                 "omap remove {object}/{key:?}: unexpected {other:?}"
             ))),
@@ -173,6 +210,7 @@ fn remove_blocking(io: &IoCtx, object: &str, key: &str, pre: &Precondition) -> s
             };
             match io.write_op(object, &[cmp, rm]).map_err(err)? {
                 WriteOutcome::Done => Ok(()),
+                WriteOutcome::Blocklisted => Err(fenced("remove", object, key)),
                 WriteOutcome::NoObject => Err(StoreError::NotFound(key.to_string())),
                 WriteOutcome::CompareFailed => Err(classify_mismatch(io, object, key)),
                 other => Err(StoreError::Backend(format!(
@@ -216,17 +254,30 @@ impl Backend for OmapBackend {
         value: Vec<u8>,
         pre: Precondition,
     ) -> store::Result<()> {
-        let (io, object, key) = (self.io.clone(), collection.to_string(), key.to_string());
-        blocking(move || put_blocking(&io, &object, &key, &value, &pre)).await
+        let (io, object, k) = (self.io.clone(), collection.to_string(), key.to_string());
+        let p = pre.clone();
+        blocking(move || put_blocking(&io, &object, &k, &value, &p)).await?;
+        self.report(collection, key, &pre);
+        Ok(())
     }
 
     async fn remove(&self, collection: &str, key: &str, pre: Precondition) -> store::Result<()> {
-        let (io, object, key) = (self.io.clone(), collection.to_string(), key.to_string());
-        blocking(move || remove_blocking(&io, &object, &key, &pre)).await
+        let (io, object, k) = (self.io.clone(), collection.to_string(), key.to_string());
+        let p = pre.clone();
+        blocking(move || remove_blocking(&io, &object, &k, &p)).await?;
+        // A remove with `Absent` found nothing to remove and wrote nothing.
+        if pre != Precondition::Absent {
+            self.report(collection, key, &pre);
+        }
+        Ok(())
     }
 
     async fn list(&self, collection: &str) -> store::Result<Vec<(String, Vec<u8>)>> {
         let (io, object, page) = (self.io.clone(), collection.to_string(), self.iterator_size);
         blocking(move || list_blocking(&io, &object, page)).await
+    }
+
+    fn remote_changes(&self, collection: &str) -> Option<RemoteChanges> {
+        Some(changes::follow(self.io.clone(), collection))
     }
 }

@@ -58,12 +58,27 @@ pub struct ConnectOptions<'a> {
     pub keyring: Option<&'a Path>,
     /// A file holding only the key (wins over the keyring, as in the Go provider).
     pub key_file: Option<&'a Path>,
-    /// Bound of the connect (`client_mount_timeout`) and of mon commands (`rados_mon_op_timeout`).
+    /// Bound of the connect and authentication (`client_mount_timeout`; at least 1 s).
     pub timeout: Duration,
+    /// Bound of every mon command (`rados_mon_op_timeout`); zero: none (librados' default).
+    pub mon_op_timeout: Duration,
+    /// Bound of every OSD operation, librbd's included (`rados_osd_op_timeout`); zero: none
+    /// (librados' default, under which a call on a stuck placement group never returns). A bound
+    /// shorter than the OSD failure detection (`osd_heartbeat_grace` 20 s + interval 6 s) makes
+    /// an OSD fail-over an error instead of a delay. A timed-out call fails with ETIMEDOUT
+    /// ([`RbdError::Transient`]); a timed-out write may still be applied later.
+    pub osd_op_timeout: Duration,
+}
+
+/// A librados timeout option value: whole seconds, rounded up (zero stays zero: no timeout).
+fn timeout_secs(d: Duration) -> String {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.to_string()
 }
 
 impl Rados {
-    /// Connects (blocking, bounded by `opts.timeout`).
+    /// Connects (blocking, bounded by `opts.timeout`), with the mon and OSD op timeouts of `opts`
+    /// set on the handle before it connects.
     pub fn connect(opts: &ConnectOptions<'_>) -> Result<Rados> {
         let name = cstring(&format!(
             "client.{}",
@@ -82,10 +97,14 @@ impl Rados {
             let ret = unsafe { sys::rados_conf_read_file(handle.0, path.as_ptr()) };
             check(ret, || format!("reading {}", conf.display()))?;
         }
-        let secs = opts.timeout.as_secs().max(1).to_string();
+        // Set after the conf file, so that the caller's bounds win over the file's.
         let mut settings: Vec<(&str, String)> = vec![
-            ("client_mount_timeout", secs.clone()),
-            ("rados_mon_op_timeout", secs),
+            (
+                "client_mount_timeout",
+                timeout_secs(opts.timeout.max(Duration::from_secs(1))),
+            ),
+            ("rados_mon_op_timeout", timeout_secs(opts.mon_op_timeout)),
+            ("rados_osd_op_timeout", timeout_secs(opts.osd_op_timeout)),
         ];
         if let Some(m) = opts.monitors {
             settings.push(("mon_host", m.to_string()));
@@ -127,6 +146,44 @@ impl Rados {
             }),
             pool: pool.to_string(),
         })
+    }
+
+    /// This client's global id (`client.<id>` in lock listings and notify senders); unique per
+    /// connection, never reused by the cluster.
+    pub fn instance_id(&self) -> u64 {
+        // SAFETY: the cluster is connected; the call only reads the client's id.
+        unsafe { sys::rados_get_instance_id(self.cluster.0) }
+    }
+
+    /// This client's address as the cluster sees it (the form `osd blocklist add` takes).
+    pub fn addrs(&self) -> Result<String> {
+        let mut out: *mut c_char = ptr::null_mut();
+        // SAFETY: the cluster is connected; out is a valid out-pointer.
+        let ret = unsafe { sys::rados_getaddrs(self.cluster.0, &mut out) };
+        check(ret, || "reading this client's address".into())?;
+        if out.is_null() {
+            return Err(RbdError::Other("rados_getaddrs returned NULL".into()));
+        }
+        let addrs = from_c(out);
+        // SAFETY: librados allocated the string with strdup; it is freed exactly once, with free.
+        unsafe { libc::free(out.cast()) };
+        Ok(addrs)
+    }
+
+    /// Blocklists `addr` on every OSD (`osd blocklist add`, falling back to the pre-Pacific
+    /// `blacklist` spelling) for `expire` (zero: the cluster's default, one hour), then waits until
+    /// this client has the OSD map carrying the entry, so that every later operation of ours is
+    /// ordered after it: from then on the OSDs refuse the blocklisted client's operations and drop
+    /// its watches.
+    pub fn blocklist_add(&self, addr: &str, expire: Duration) -> Result<()> {
+        let c = cstring(addr)?;
+        let secs = u32::try_from(expire.as_secs()).unwrap_or(u32::MAX);
+        // SAFETY: the cluster is connected; c is NUL-terminated and outlives the call (librados
+        // only reads it, the `*mut` in the prototype is historical).
+        let ret =
+            unsafe { sys::rados_blocklist_add(self.cluster.0, c.as_ptr() as *mut c_char, secs) };
+        check(ret, || format!("blocklisting {addr}"))?;
+        Ok(())
     }
 
     /// Sends a JSON mon command and returns the output buffer (the status string goes into errors).
@@ -224,6 +281,11 @@ pub(crate) enum WriteOutcome {
     NoObject,
     /// `create(exclusive)` found the object (EEXIST): nothing was written.
     ObjectExists,
+    /// A class call of the op refused with EBUSY (e.g. `lock.assert_locked` on a lock we do not
+    /// hold): nothing was written.
+    ClassRefused,
+    /// This client is blocklisted (EBLOCKLISTED, which is ESHUTDOWN): the OSDs refuse everything.
+    Blocklisted,
 }
 
 /// One step of a compound write op.
@@ -237,6 +299,12 @@ pub(crate) enum WriteStep<'a> {
     OmapSet { key: &'a str, value: &'a [u8] },
     /// Remove one omap key (no error if absent).
     OmapRm { key: &'a str },
+    /// Call an OSD class method (e.g. `lock.assert_locked`); a negative result cancels the op.
+    Exec {
+        class: &'a str,
+        method: &'a str,
+        input: &'a [u8],
+    },
 }
 
 /// RAII owner of a `rados_write_op_t`.
@@ -314,13 +382,26 @@ impl IoCtx {
         &self.pool
     }
 
+    /// The cluster connection this context belongs to.
+    pub fn rados(&self) -> Rados {
+        Rados {
+            cluster: self.inner._cluster.clone(),
+        }
+    }
+
     pub(crate) fn raw(&self) -> sys::rados_ioctx_t {
         self.inner.io
+    }
+
+    /// The raw cluster handle of this context (alive as long as the context).
+    pub(crate) fn rados_raw(&self) -> sys::rados_t {
+        self.inner._cluster.0
     }
 
     /// Runs one atomic compound write op on `object`.
     pub(crate) fn write_op(&self, object: &str, steps: &[WriteStep<'_>]) -> Result<WriteOutcome> {
         let oid = cstring(object)?;
+        let has_exec = steps.iter().any(|s| matches!(s, WriteStep::Exec { .. }));
         // SAFETY: plain constructor; the result is owned (and released) by WriteOp.
         let op = WriteOp(unsafe { sys::rados_create_write_op() });
         if op.0.is_null() {
@@ -330,6 +411,8 @@ impl IoCtx {
         }
         // Per-step return values; boxed so their addresses stay fixed until operate returns.
         let mut prvals: Vec<Box<c_int>> = Vec::new();
+        // C strings an op step points to (class calls), alive until after operate.
+        let mut names: Vec<CString> = Vec::new();
         for step in steps {
             match *step {
                 WriteStep::Create { exclusive } => {
@@ -377,6 +460,30 @@ impl IoCtx {
                         )
                     };
                 }
+                WriteStep::Exec {
+                    class,
+                    method,
+                    input,
+                } => {
+                    let (class, method) = (cstring(class)?, cstring(method)?);
+                    let mut prval = Box::new(0);
+                    // SAFETY: op.0 is live; class and method are NUL-terminated and kept in `names`
+                    // until after operate (librados keeps the pointers); the input is copied into the
+                    // op at call time; prval is a heap slot that lives until after operate.
+                    unsafe {
+                        sys::rados_write_op_exec(
+                            op.0,
+                            class.as_ptr(),
+                            method.as_ptr(),
+                            input.as_ptr() as *const c_char,
+                            input.len(),
+                            &mut *prval,
+                        )
+                    };
+                    names.push(class);
+                    names.push(method);
+                    prvals.push(prval);
+                }
                 WriteStep::OmapRm { key } => {
                     let keys = [key.as_ptr() as *const c_char];
                     let key_lens = [key.len()];
@@ -389,7 +496,7 @@ impl IoCtx {
             }
         }
         // SAFETY: op.0 is a fully built write op; self.raw() is a live ioctx; oid is NUL-terminated;
-        // NULL mtime means "now".
+        // NULL mtime means "now"; the class/method names live in `names` until after operate.
         let ret = unsafe {
             sys::rados_write_op_operate2(
                 op.0,
@@ -401,8 +508,11 @@ impl IoCtx {
         };
         drop(op);
         drop(prvals);
+        drop(names);
         match -ret {
             0 => Ok(WriteOutcome::Done),
+            libc::EBUSY if has_exec => Ok(WriteOutcome::ClassRefused),
+            libc::ESHUTDOWN => Ok(WriteOutcome::Blocklisted),
             libc::ECANCELED => Ok(WriteOutcome::CompareFailed),
             libc::ENOENT => Ok(WriteOutcome::NoObject),
             libc::EEXIST => Ok(WriteOutcome::ObjectExists),

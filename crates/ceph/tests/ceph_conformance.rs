@@ -10,7 +10,6 @@
 
 mod ceph_support;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use ceph::CephBackend;
@@ -22,18 +21,7 @@ use tokio::sync::OnceCell;
 static ADMIN: OnceCell<Arc<CephBackend>> = OnceCell::const_new();
 
 async fn admin_backend() -> Arc<CephBackend> {
-    let mut cfg = ceph_support::config();
-    cfg.user = "admin".into();
-    cfg.keyring = Some(PathBuf::from(
-        std::env::var("CEPH_ADMIN_KEYRING")
-            .expect("CEPH_ADMIN_KEYRING: run through `cargo xtask integration`"),
-    ));
-    cfg.key_file = None;
-    Arc::new(
-        CephBackend::connect(cfg)
-            .await
-            .expect("connect as client.admin"),
-    )
+    Arc::new(ceph_support::admin_backend().await)
 }
 
 /// The shared admin connection.

@@ -103,9 +103,40 @@ pub(crate) struct Ctx {
     /// RBD images with a LUKS2 format still running (possibly past its deadline, in the
     /// background): never two formats of one image at once.
     pub formats: Arc<Mutex<HashSet<String>>>,
+    /// Object id → the last event recorded about it (type, reason, action, message): an
+    /// identical event right after it is not recorded again (see [`Ctx::record`]).
+    pub last_events: Mutex<HashMap<String, EventKey>>,
+    /// OS snapshot id → since when no volume references it (garbage collection after
+    /// `os_image_gc_grace`; in memory: a restart starts the grace period again).
+    pub unreferenced: Mutex<HashMap<String, Instant>>,
+    /// OS snapshot id → when it was seen `Failed` first (retried `os_image_retry` later; in
+    /// memory: a restart starts the period again).
+    pub failed_os: Mutex<HashMap<String, Instant>>,
+}
+
+/// What makes two events of one object the same: type, reason, action and message.
+pub(crate) type EventKey = (EventType, String, String, String);
+
+/// A table of in-memory timers keyed by object id (`unreferenced`, `failed_os`).
+pub(crate) fn since(table: &Mutex<HashMap<String, Instant>>, id: &str) -> Instant {
+    match table.lock() {
+        Ok(mut t) => *t.entry(id.to_string()).or_insert_with(Instant::now),
+        Err(_) => Instant::now(),
+    }
+}
+
+/// Forgets the timer of `id` in `table`.
+pub(crate) fn clear(table: &Mutex<HashMap<String, Instant>>, id: &str) {
+    if let Ok(mut t) = table.lock() {
+        t.remove(id);
+    }
 }
 
 impl Ctx {
+    /// Records an event about the object of `md`, unless it repeats the last event recorded
+    /// about that object (same type, reason, action and message): a pass that retries the same
+    /// failure, or runs again without a change, says nothing new. Any other event in between
+    /// makes the next occurrence count again.
     pub fn record(
         &self,
         md: &store::Metadata,
@@ -114,7 +145,45 @@ impl Ctx {
         action: &str,
         message: impl Into<String>,
     ) {
+        let message = message.into();
+        let key: EventKey = (ty, reason.to_string(), action.to_string(), message.clone());
+        if let Ok(mut last) = self.last_events.lock() {
+            if last.get(&md.id) == Some(&key) {
+                debug!(id = %md.id, reason, "repeated event not recorded again");
+                return;
+            }
+            last.insert(md.id.clone(), key);
+        }
         self.events.record(event(md, ty, reason, action, message));
+    }
+
+    /// Forgets what is kept in memory about object `id` (it is gone from the store).
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut last) = self.last_events.lock() {
+            last.remove(id);
+        }
+        clear(&self.unreferenced, id);
+        clear(&self.failed_os, id);
+    }
+
+    /// Whether rbd image `name`, which a call has just answered `NotFound` for, is **definitely**
+    /// gone: the pool's image list does not name it. A listed image that cannot be opened (a
+    /// half-finished removal, a transient error after a restart) is not gone. Errors of the
+    /// listing are returned: "gone" is never concluded from a failure.
+    pub async fn image_gone(&self, name: &str) -> Result<bool> {
+        let listed = self.backend.list_images().await?;
+        Ok(!listed.iter().any(|n| n == name))
+    }
+
+    /// Whether rbd snapshot `image@snap`, which a call has just answered `NotFound` for, is
+    /// definitely gone: its image's snapshot list does not name it, or the image itself is gone
+    /// ([`Ctx::image_gone`]). Errors are returned, never taken for absence.
+    pub async fn snapshot_gone(&self, image: &str, snap: &str) -> Result<bool> {
+        match self.backend.list_snapshots(image).await {
+            Ok(list) => Ok(!list.iter().any(|s| s.name == snap)),
+            Err(RbdError::NotFound(_)) => self.image_gone(image).await,
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Closes the gate of `key` until `delay` has passed (after a failed operation).
@@ -446,6 +515,9 @@ impl Ctx {
             gates: Mutex::new(HashMap::new()),
             resolve_holds: Mutex::new(HashMap::new()),
             formats: Arc::default(),
+            last_events: Mutex::default(),
+            unreferenced: Mutex::default(),
+            failed_os: Mutex::default(),
         })
     }
 }

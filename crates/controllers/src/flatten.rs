@@ -68,17 +68,21 @@ where
     let (cell, progress) = env.tracker();
     let token = env.token.child_token();
     let backend = ctx.backend.clone();
-    let names: Vec<String> = children.iter().map(|c| c.image.clone()).collect();
+    let todo = children.clone();
     let child_token = token.clone();
     let work = async move {
-        for (i, child) in names.iter().enumerate() {
+        for (i, child) in todo.iter().enumerate() {
             let done = i as u64;
             progress(done, total);
             // Children are counted whole; the backend's object-level reports only keep the
             // stall watchdog quiet.
             let p = progress.clone();
             let inner: rbd::ProgressFn = Arc::new(move |_, _| p(done, total));
-            match backend.flatten(child, inner, child_token.clone()).await {
+            // Each child in its own pool: a clone may live in another pool than its parent.
+            match backend
+                .flatten_child(child, inner, child_token.clone())
+                .await
+            {
                 Ok(()) | Err(RbdError::NotFound(_)) => {}
                 Err(e) => return Err(ControllerError::Rbd(e)),
             }

@@ -28,7 +28,9 @@
 //! * **Feeding**: store watches (opened before the initial list; a watch `Resync` re-lists),
 //!   the periodic resync (`resync_period`), runner completions and cross-object wake-ups: a
 //!   snapshot that becomes `Ready`/`Failed` or is deleted wakes the images whose
-//!   `spec.snapshotRef` names it; a re-homed snapshot image wakes the volume being deleted.
+//!   `spec.snapshotRef` names it; an image that becomes `Available`/`Error` or is deleted wakes
+//!   the snapshot it names (a deletion waiting for it, an OS image losing its last user); a
+//!   re-homed snapshot image wakes the volume being deleted.
 //! * **Nothing slow in a pass.** A reconcile pass only reads, decides, makes metadata calls
 //!   (milliseconds) and submits. Every call that can take longer — resolving an OS image at its
 //!   registry, opening and copying a rootfs, LUKS2 format (seconds of key derivation), encrypted
@@ -75,16 +77,76 @@
 //!   `status.encryption` before the clone exists, so it is never formatted again). An
 //!   encrypted restore of plain data (an OS image or a plain volume's snapshot) cannot be a
 //!   clone on Ceph Pacific: the image is created empty, LUKS2-formatted and filled with the
-//!   snapshot's data through the encryption layer (state `Filling`); it must be at least
-//!   `snapshot size + 16 MiB` (the header), else `Error` until the volume is expanded.
+//!   snapshot's data through the encryption layer (state `Filling`); it must be at least as
+//!   large as the snapshot, else `Error` until the volume is expanded.
+//! * **Encrypted sizes**: the 16 MiB LUKS2 header of an encrypted volume sits **on top** of its
+//!   size (`rbd size = round(size) + status.headerSize`), so the guest sees exactly the size asked
+//!   for, before and after an expand. Encrypted volumes provisioned before (`headerSize` 0, the
+//!   header inside the size) keep their layout: their guest sees 16 MiB less, also after an
+//!   expand. Sizes reported for snapshots are the guest's.
 //! * **Snapshots of restores**: a restore that is still a clone of a volume snapshot is flattened
 //!   before it is snapshotted, because a clone's own snapshots keep its parent snapshot busy for
 //!   good (no flatten detaches them) and the parent volume could never be deleted.
 //! * **Orphan rbd snapshots**: when a volume is deleted, rbd snapshots on it without a
 //!   live Snapshot object (no record, record deleted or `Failed`) cannot be referenced by anyone;
 //!   their children are flattened and they are removed, so deletion never blocks on them.
-//! * **OS-image snapshots** are kept after their volumes are gone (a cache for the next volume of
-//!   the same digest; not garbage-collected).
+//! * **OS-image snapshots** are kept after their volumes are gone, as a cache for the next volume
+//!   of the same digest, for `os_image_gc_grace` (default 24 h; 0 keeps them for ever), then
+//!   removed; never while an image references them. A `Failed` one that volumes wait for is
+//!   populated again after `os_image_retry` (default 10 min). A populate whose last waiting
+//!   volume is deleted is cancelled.
+//!
+//! # Faults and what they produce
+//! What each fault that a real cluster and a real guest expose now produces (state, event,
+//! metric); the tests named are in `tests/faults.rs` and `tests/faults_os.rs` unless said.
+//!
+//! 1. **The rbd image of a provisioned volume vanishes** (`Available`, or `Error` with access
+//!    data): once the pool's image list confirms it is gone, `Error` "volume data lost: rbd image
+//!    img_… vanished" and one Warning `ImageVanished`; it is **never** created again (an empty
+//!    image would hide the loss), an expand of it records nothing more, DeleteVolume works.
+//!    Every event is recorded once while it repeats: the reconcilers do not record an event
+//!    identical (type, reason, action, message) to the last one of the same object, and the
+//!    provider's event store keeps one entry per repeated event (see `volumeprovider::events`;
+//!    the repeats are counted in the metric `cephvol_events_repeated_total`).
+//! 2. **A snapshot re-homed while a restore looks at it**: `Failed` is written only in the same
+//!    compare-and-set update that checks the snapshot still lives where the pass looked; a moved
+//!    snapshot is looked up again and the restore proceeds from its new home. No event.
+//! 3. **An OS image that cannot be populated** (404 of the pinned digest, a full pool): the OS
+//!    snapshot is `Failed` (Warning `SnapshotFailed`), every volume waiting for it `Error` with
+//!    the reason (one Warning `SnapshotFailed` each); after `os_image_retry` it is populated
+//!    again, and the volumes follow it to `Available` once it is `Ready`.
+//! 4. **Unused OS images**: removed `os_image_gc_grace` after the last image referencing them is
+//!    gone; a populate nobody waits for any more is cancelled (its snapshot is deleted).
+//! 5. **Snapshots re-homed by the Go provider** (onto `img_<snapshot id>`, no internal label):
+//!    their deletion removes `img_<snapshot id>` by that name rule — the record if there is one,
+//!    else the rbd image.
+//! 6. **An undecodable record**: lists skip it with a warning and count it
+//!    (`store::Store::skipped_records`, exported as
+//!    `cephvol_store_skipped_records_total{collection}`); the reconcilers start and ListVolumes
+//!    answers; a pass that cannot read its own record is not retried in a loop.
+//! 7. **Unprotect refused after the children were flattened** (children in the rbd trash): the
+//!    snapshot is `Flattening` again with `status.message` saying why, and the next flatten waits
+//!    for the key's failure backoff (growing up to `max_backoff`); no tight loop.
+//! 8. **Sizes**: the provider refuses sizes beyond `--max-volume-size` (INVALID_ARGUMENT naming
+//!    the field; default the largest image librbd creates); a create or resize the backend
+//!    refuses for good (`InvalidArgument`, `Unsupported`) → `Error` + one Warning
+//!    (`EmptyImageCreationFailed` / `UpdateImageSizeFailed`), not retried until the size
+//!    changes; the volume keeps its data and size.
+//! 9. **Cross-pool children** and 10. **librados timeouts**: handled by the Ceph backend (the
+//!    controllers see ordinary `BlockBackend` errors: retried with backoff).
+//! 11. **After a SIGKILL**: (a) a deletion whose image answers "not found" or `Busy` (a
+//!     half-removed image: listed, not openable) removes it again, which finishes the removal
+//!     (the backend side is in `rbd::BlockBackend`'s contract); (b) "vanished" is concluded only
+//!     when a "not found" is confirmed by the pool's image list (the image's snapshot list for
+//!     snapshots), never from one answer: an unconfirmed one fails the pass, which is retried
+//!     with backoff.
+//! 12. **A snapshot deleted right after a restore from it was accepted**: the snapshot shows
+//!     `deletedAt` but is kept (`status.message` names the restores) until every restore that
+//!     has not got its data yet has it, then removed. A restore accepted after the deletion
+//!     began (`Flattening`) ends in `Error`.
+//! 13. **Encrypted volumes smaller than asked**: new ones get the header on top (see
+//!     *Encrypted sizes*); an encrypted volume as large as its OS image or plain snapshot is
+//!     filled.
 //!
 //! # Modules
 //! Each reconciler depends only on the shared modules, never on the other reconciler.
@@ -250,6 +312,14 @@ pub struct ControllerConfig {
     /// Deadline of listing the children of an image or snapshot before flattening them
     /// (default 1 min). Overrunning is a retryable failure.
     pub list_children_timeout: Duration,
+    /// How long a `Failed` OS-image snapshot that volumes still wait for stays failed before it
+    /// is populated again (default 10 min): a registry that comes back or a pool with space again
+    /// heals every waiting volume without intervention.
+    pub os_image_retry: Duration,
+    /// How long an OS-image snapshot that no volume references any more is kept (a cache for the
+    /// next volume of the same digest) before it is removed (`--os-image-gc-grace`, default
+    /// 24 h). Zero keeps them for ever.
+    pub os_image_gc_grace: Duration,
     /// **Reference baseline for benchmarks only**: imitate one of the Go provider's designs
     /// instead of running every long operation on the runner (see [`Baseline`]). Default
     /// [`Baseline::None`].
@@ -297,10 +367,15 @@ impl Default for ControllerConfig {
             resolve_timeout: Duration::from_secs(3 * 60),
             format_timeout: Duration::from_secs(5 * 60),
             list_children_timeout: Duration::from_secs(60),
+            os_image_retry: Duration::from_secs(10 * 60),
+            os_image_gc_grace: DEFAULT_OS_IMAGE_GC_GRACE,
             baseline: Baseline::None,
         }
     }
 }
+
+/// Default `--os-image-gc-grace`: 24 h.
+pub const DEFAULT_OS_IMAGE_GC_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Default `--populator-buffer-size`: 5 MiB.
 pub const DEFAULT_POPULATOR_BUFFER_SIZE: usize = 5 * 1024 * 1024;
@@ -356,6 +431,9 @@ impl Controllers {
             gates: std::sync::Mutex::new(Default::default()),
             resolve_holds: std::sync::Mutex::new(Default::default()),
             formats: Default::default(),
+            last_events: Default::default(),
+            unreferenced: Default::default(),
+            failed_os: Default::default(),
         };
         Controllers { ctx: Arc::new(ctx) }
     }

@@ -9,7 +9,7 @@ use tracing::{debug, info, warn};
 
 use crate::ctx::{modify, Action, Ctx};
 use crate::events::{action, reason, EventType};
-use crate::Result;
+use crate::{source_details, Result};
 
 /// A stored object whose status carries the progress of a running long operation.
 pub(crate) trait WithProgress: Object {
@@ -79,10 +79,33 @@ pub(crate) async fn set_image_error(
     Ok(Action::Done)
 }
 
-/// Marks snapshot `id` `Failed` with `message` unless it is being deleted or already failed.
-pub(crate) async fn mark_snapshot_failed(ctx: &Ctx, id: &str, message: &str) -> Result<()> {
+/// Marks snapshot `id` `Failed` with `message` unless it is being deleted or already failed,
+/// and — when `seen` names the rbd location `(image, snapshot)` the caller found missing or
+/// wrong — only while the snapshot still lives there: the check and the write are one
+/// compare-and-set update, so a snapshot re-homed meanwhile (its volume being deleted) is never
+/// failed for the vanished old location.
+///
+/// `Ok(true)`: the snapshot is `Failed` (now or already); `Ok(false)`: it moved, is being
+/// deleted or is gone — the caller looks again instead of concluding anything.
+pub(crate) async fn mark_snapshot_failed(
+    ctx: &Ctx,
+    id: &str,
+    seen: Option<(&str, &str)>,
+    message: &str,
+) -> Result<bool> {
+    let mut failed = false;
     let updated = modify(&ctx.snapshots, id, |s: &mut Snapshot| {
-        if s.metadata.is_deleted() || s.status.state == SnapshotState::Failed {
+        if s.metadata.is_deleted() {
+            return false;
+        }
+        if let Some((image, snap)) = seen {
+            let here = source_details(s);
+            if here.as_ref().map(|(i, n)| (i.as_str(), n.as_str())) != Some((image, snap)) {
+                return false;
+            }
+        }
+        if s.status.state == SnapshotState::Failed {
+            failed = true;
             return false;
         }
         s.status.state = SnapshotState::Failed;
@@ -100,6 +123,13 @@ pub(crate) async fn mark_snapshot_failed(ctx: &Ctx, id: &str, message: &str) -> 
             action::CREATE_SNAPSHOT,
             message,
         );
+        return Ok(true);
     }
-    Ok(())
+    if !failed {
+        info!(
+            snapshot = id,
+            message, "not failed: the snapshot moved, is being deleted or is gone"
+        );
+    }
+    Ok(failed)
 }

@@ -259,7 +259,7 @@ async fn a_populate_whose_stream_breaks_removes_the_partial_image_and_fails_for_
     let ctx = Ctx::for_tests(Arc::new(rbd), Arc::new(MockedSource(src)), memory_store()).await;
     populating_snapshot(&ctx).await;
 
-    let err = snapshot::populate(ctx.clone(), DIGEST.into(), env())
+    let err = snapshot::populate::populate(ctx.clone(), DIGEST.into(), env())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("digest mismatch"), "{err}");
@@ -290,7 +290,7 @@ async fn a_populate_without_a_rootfs_fails_the_snapshot_without_creating_anythin
         .returning(|_, _| Err(SourceError::NoRootfs("no rootfs layer".into())));
     let ctx = Ctx::for_tests(Arc::new(rbd), Arc::new(MockedSource(src)), memory_store()).await;
     populating_snapshot(&ctx).await;
-    snapshot::populate(ctx.clone(), DIGEST.into(), env())
+    snapshot::populate::populate(ctx.clone(), DIGEST.into(), env())
         .await
         .unwrap();
     let s = ctx.snapshots.get(DIGEST).await.unwrap();
@@ -392,7 +392,7 @@ async fn status_writes_of_operations_retry_conflicts_and_keep_the_change() {
     .await;
     populating_snapshot(&ctx).await;
     left.store(3, Ordering::SeqCst);
-    status::mark_snapshot_failed(&ctx, DIGEST, "broken")
+    status::mark_snapshot_failed(&ctx, DIGEST, None, "broken")
         .await
         .unwrap();
     assert_eq!(left.load(Ordering::SeqCst), 0, "three conflicts absorbed");

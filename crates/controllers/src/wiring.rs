@@ -9,7 +9,9 @@ use std::sync::Arc;
 use futures::FutureExt;
 use runner::{Completion, Outcome};
 use store::keys::REHOME_OF_LABEL;
-use store::{Image, ListOptions, Snapshot, SnapshotState, WatchEvent, FIELD_SNAPSHOT_REF};
+use store::{
+    Image, ImageState, ListOptions, Snapshot, SnapshotState, WatchEvent, FIELD_SNAPSHOT_REF,
+};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -160,6 +162,12 @@ async fn worker(ctx: Arc<Ctx>, queue: WorkQueue, kind: Kind) {
             Ok(Action::Busy) => {
                 queue.add_rate_limited_capped(key.clone(), ctx.cfg.busy_backoff);
             }
+            Err(ControllerError::Store(store::StoreError::Invalid(e))) => {
+                // An undecodable record: reading it again gives the same answer. Lists skip it;
+                // the periodic resync brings the key back once the record is readable.
+                warn!(key, error = %e, "record cannot be read; not retried");
+                queue.forget(&key);
+            }
             Err(e) => {
                 let delay = queue.add_rate_limited(key.clone());
                 match &e {
@@ -189,18 +197,28 @@ async fn enqueue_all_snapshots(ctx: &Ctx) -> Result<()> {
 }
 
 async fn on_image_event(ctx: &Ctx, ev: WatchEvent<Image>) {
-    let img = match ev {
+    let (img, gone) = match ev {
         WatchEvent::Resync => {
             if let Err(e) = enqueue_all_images(ctx).await {
                 warn!(error = %e, "re-list of images failed");
             }
             return;
         }
-        WatchEvent::Created(i) | WatchEvent::Updated(i) | WatchEvent::Deleted(i) => i,
+        WatchEvent::Created(i) | WatchEvent::Updated(i) => (i, false),
+        WatchEvent::Deleted(i) => (i, true),
     };
     // A re-homed snapshot image makes progress: the deletion of its volume may continue.
     if let Some(parent) = img.metadata.labels.get(REHOME_OF_LABEL) {
         ctx.image_queue.add(parent.clone());
+    }
+    // The snapshot it is restored from, when this image stops needing it (got its data, failed
+    // or goes away): a deletion waiting for this restore may continue, and an OS snapshot may
+    // have lost its last user. Progress writes of a running copy wake nobody.
+    if let Some(sid) = &img.spec.snapshot_ref {
+        let settled = matches!(img.status.state, ImageState::Available | ImageState::Error);
+        if gone || settled || img.metadata.is_deleted() {
+            ctx.snapshot_queue.add(sid.clone());
+        }
     }
     ctx.image_queue.add(img.metadata.id);
 }

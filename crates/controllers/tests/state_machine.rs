@@ -1,3 +1,4 @@
+// size: one property test; its steps, model, application and invariants are read together.
 //! Property test: random interleavings of volume and snapshot operations, injected faults, runner
 //! capacity pressure and provider crashes, on the fake cluster with paused tokio time. After the
 //! system settles, the invariants below must hold, and no slow call may have run on a reconcile
@@ -54,6 +55,16 @@ enum Step {
         pick: usize,
     },
     DeleteSnapshot {
+        pick: usize,
+    },
+    /// A restore of a live plain snapshot, and the snapshot's deletion right after it was
+    /// accepted: the restore must still get the data.
+    RestoreThenDeleteSnapshot {
+        pick: usize,
+    },
+    /// The rbd image of an available volume without snapshots disappears (removed behind the
+    /// provider's back): the volume must end in `Error` and never get an image again.
+    Vanish {
         pick: usize,
     },
     Fault {
@@ -114,8 +125,10 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(pick, offset, len, seed)| Step::Write { pick, offset, len, seed }),
         3 => (0usize..8).prop_map(|pick| Step::DeleteVolume { pick }),
         2 => (0usize..8).prop_map(|pick| Step::DeleteSnapshot { pick }),
+        1 => (0usize..8).prop_map(|pick| Step::RestoreThenDeleteSnapshot { pick }),
+        1 => (0usize..8).prop_map(|pick| Step::Vanish { pick }),
         2 => (0usize..FAULT_OPS.len(), 1usize..=2).prop_map(|(op, count)| Step::Fault { op, count }),
-        1 => (0u8..3).prop_map(|kind| Step::SourceFault { kind }),
+        1 => (0u8..4).prop_map(|kind| Step::SourceFault { kind }),
         2 => (0u64..6000).prop_map(|ms| Step::SlowFormat { ms }),
         1 => any::<bool>().prop_map(|mute| Step::MuteRegistry { mute }),
         1 => (1usize..=2).prop_map(|count| Step::StoreFault { count }),
@@ -140,6 +153,8 @@ struct Vol {
     /// Expected final state class.
     expect_available: bool,
     deleted: bool,
+    /// Its rbd image was removed behind the provider's back.
+    vanished: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -283,6 +298,7 @@ async fn apply(w: &mut World, m: &mut Model, step: &Step) {
                     size: round_size(size),
                     expect_available: true,
                     deleted: false,
+                    vanished: false,
                 });
             }
         }
@@ -315,6 +331,7 @@ async fn apply(w: &mut World, m: &mut Model, step: &Step) {
                     passphrase: pass,
                     size: round_size(size),
                     deleted: false,
+                    vanished: false,
                 });
             }
         }
@@ -358,6 +375,7 @@ async fn apply(w: &mut World, m: &mut Model, step: &Step) {
                     size: round_size(size),
                     expect_available: false,
                     deleted: false,
+                    vanished: false,
                 });
             }
         }
@@ -464,6 +482,57 @@ async fn apply(w: &mut World, m: &mut Model, step: &Step) {
                 s.deleted = true;
             }
         }
+        Step::RestoreThenDeleteSnapshot { pick } => {
+            let Some(si) = live_snap(m, pick) else { return };
+            let s = m.snaps[si].clone();
+            if s.encrypted {
+                return;
+            }
+            let Some(rec) = retry(|| w.snapshots().get(&s.id)).await else {
+                return;
+            };
+            if rec.status.state != SnapshotState::Ready || rec.metadata.is_deleted() {
+                return;
+            }
+            let size = s.size.max(u64::try_from(rec.status.size).unwrap_or(0));
+            let mut img = new_volume(size);
+            img.spec.snapshot_ref = Some(s.id.clone());
+            let id = img.metadata.id.clone();
+            if !create_image(w, img).await {
+                return;
+            }
+            retry(|| w.snapshots().delete(&s.id)).await;
+            m.snaps[si].deleted = true;
+            m.vols.push(Vol {
+                id,
+                model: s.model.clone(),
+                offset: 0,
+                encrypted: false,
+                passphrase: Vec::new(),
+                size: round_size(size),
+                expect_available: true,
+                deleted: false,
+                vanished: false,
+            });
+        }
+        Step::Vanish { pick } => {
+            let Some(vi) = live_vol(m, pick) else { return };
+            let id = m.vols[vi].id.clone();
+            if wait_available(w, &id).await.is_none() {
+                return;
+            }
+            // Only an image without snapshots can go (nothing else depends on it).
+            if w.cluster
+                .remove_image(&volume_image_name(&id))
+                .await
+                .is_ok()
+            {
+                let v = &mut m.vols[vi];
+                v.vanished = true;
+                v.expect_available = false;
+                v.model = None;
+            }
+        }
         Step::Fault { op, count } => {
             w.cluster
                 .fail_next(FAULT_OPS[op], count, RbdError::Transient("injected".into()));
@@ -475,6 +544,10 @@ async fn apply(w: &mut World, m: &mut Model, step: &Step) {
             1 => w
                 .source
                 .fail_resolve(controllers::SourceError::Unavailable("503".into())),
+            // Terminal: the OS snapshot fails, and is populated again after `os_image_retry`.
+            3 => w.source.fail_open(controllers::SourceError::NotFound(
+                "404 of the digest".into(),
+            )),
             _ => w.source.corrupt_next(1),
         },
         Step::SlowFormat { ms } => w
@@ -513,6 +586,8 @@ async fn read(w: &World, image: &str, snap: Option<&str>, offset: u64, len: u64)
 async fn check(w: &World, m: &Model) -> Result<(), String> {
     // Nothing slow ran in a reconcile pass (format, resolve, flatten, stream copies).
     w.no_slow_calls_on_workers()?;
+    // Injected faults left unused are meant for the controllers, not for these checks.
+    w.cluster.clear_faults();
     let images: Vec<Image> = w.images().list(&ListOptions::default()).await.unwrap();
     let snaps: Vec<Snapshot> = w.snapshots().list(&ListOptions::default()).await.unwrap();
     let by_id: BTreeMap<&str, &Image> =
@@ -615,6 +690,39 @@ async fn check(w: &World, m: &Model) -> Result<(), String> {
         }
     }
 
+    // A vanished volume stays in error and never gets an image again.
+    for v in m.vols.iter().filter(|v| v.vanished) {
+        let Some(img) = by_id.get(v.id.as_str()) else {
+            continue;
+        };
+        let name = volume_image_name(&v.id);
+        if img.status.state != ImageState::Error || rbd_images.contains(&name) {
+            return Err(format!(
+                "vanished volume {} is {} (image there: {})",
+                v.id,
+                img.status.state,
+                rbd_images.contains(&name)
+            ));
+        }
+    }
+    // An available volume's image is its size plus the header on top (encrypted volumes): the
+    // guest sees exactly what was asked for.
+    for i in &images {
+        if i.status.state != ImageState::Available {
+            continue;
+        }
+        let encrypted = i.spec.encryption.is_some();
+        let header = if encrypted { LUKS2_HEADER_SIZE } else { 0 };
+        let name = volume_image_name(&i.metadata.id);
+        let rbd = w.cluster.stat(&name).await.map_or(0, |s| s.size);
+        if i.status.header_size != header || rbd != round_size(i.spec.size) + header {
+            return Err(format!(
+                "volume {} of {} bytes (header {}) has an image of {rbd} bytes",
+                i.metadata.id, i.spec.size, i.status.header_size
+            ));
+        }
+    }
+
     // Data survives clones, re-homes, flattens and the deletion of parents.
     for v in &m.vols {
         let Some(img) = by_id.get(v.id.as_str()) else {
@@ -687,6 +795,9 @@ fn run_case(steps: Vec<Step>, max_running: usize, max_waiting: usize) -> Result<
         // Short deadlines, so that slow formats and a muted registry overrun them.
         cfg.format_timeout = Duration::from_secs(2);
         cfg.resolve_timeout = Duration::from_secs(1);
+        // Failed OS images heal and unused ones go within the settle budget.
+        cfg.os_image_retry = Duration::from_secs(20);
+        cfg.os_image_gc_grace = Duration::from_secs(5);
         let runner_cfg = RunnerConfig {
             max_running,
             max_waiting,
@@ -755,6 +866,12 @@ fn run_case(steps: Vec<Step>, max_running: usize, max_waiting: usize) -> Result<
         if !settled {
             // Everything must converge through events and completions, well before the
             // periodic resync (10 min) would paper over a lost wake-up.
+            settled = w.settle(Duration::from_secs(240)).await;
+        }
+        if settled && m.vols.iter().any(|v| v.vanished) {
+            // Nothing announces an image removed behind the provider's back: the periodic
+            // resync finds it.
+            tokio::time::sleep(Duration::from_secs(11 * 60)).await;
             settled = w.settle(Duration::from_secs(240)).await;
         }
         if std::env::var("SM_TRACE").is_ok() {

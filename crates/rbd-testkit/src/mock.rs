@@ -11,6 +11,8 @@
 //! method to them. Use the mock through the trait (`Arc<dyn BlockBackend>`, generics, or
 //! `BlockBackend::stat(&mock, ..).await`): calling `mock.stat(..)` on the concrete type picks the
 //! synchronous inherent method. `image_exists` is not mocked: the trait's default calls `stat`.
+//! `flatten_child` is not mocked either: it calls the mocked `flatten` with the child's image name,
+//! whatever its pool (script children of other pools with the fake, which models pools).
 //!
 //! ```ignore
 //! let mut mock = rbd::mock::MockBlockBackend::new();
@@ -143,6 +145,14 @@ impl BlockBackend for MockBlockBackend {
         cancel: CancellationToken,
     ) -> Result<()> {
         MockBlockBackend::flatten(self, image, progress, cancel)
+    }
+    async fn flatten_child(
+        &self,
+        child: &ChildRef,
+        progress: ProgressFn,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        MockBlockBackend::flatten(self, &child.image, progress, cancel)
     }
     async fn read(&self, image: &str, snap: Option<&str>, offset: u64, len: u64) -> Result<Bytes> {
         MockBlockBackend::read(self, image, snap, offset, len)

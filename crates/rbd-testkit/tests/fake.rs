@@ -656,3 +656,113 @@ async fn flatten_materialises_the_clones_snapshots_in_shared_objects() {
     assert_eq!(read_all(&b, "child", Some("cs")).await, data);
     assert_eq!(read_all(&b, "child", None).await, data);
 }
+
+#[tokio::test]
+async fn a_clone_in_another_pool_is_listed_with_its_pool_and_flattened_only_there() {
+    let b = small(1024);
+    let data = clone_of_full_parent(&b).await;
+    b.add_pool("other");
+    b.clone_to_pool("parent", "s", "other", "far").unwrap();
+    let far = rbd::ChildRef {
+        pool: "other".into(),
+        image: "far".into(),
+    };
+    assert!(b
+        .list_children("parent", Some("s"))
+        .await
+        .unwrap()
+        .contains(&far));
+    assert!(!b.list_images().await.unwrap().contains(&"far".to_string()));
+    // Looked up by name in this pool, the child does not exist: the old, wrong way to flatten it.
+    assert!(matches!(
+        b.flatten("far", no_progress(), CancellationToken::new())
+            .await,
+        Err(RbdError::NotFound(_))
+    ));
+    b.flatten_child(&far, no_progress(), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(b.stat_in_pool("other", "far").unwrap().parent, None);
+    b.flatten("child", no_progress(), CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(b.list_children("parent", None).await.unwrap().is_empty());
+    b.unprotect_snapshot("parent", "s").await.unwrap();
+    b.remove_snapshot("parent", "s").await.unwrap();
+    b.remove_image("parent").await.unwrap();
+    assert_eq!(b.checksum("child", None).unwrap(), sha256_hex(&data));
+    assert_eq!(b.pool_images("other").unwrap(), vec!["far".to_string()]);
+    b.remove_in_pool("other", "far").unwrap();
+    assert!(b.pool_images("other").unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_clone_in_another_pool_holds_its_parent_snapshot_until_flattened() {
+    let b = small(1024);
+    clone_of_full_parent(&b).await;
+    b.remove_image("child").await.unwrap();
+    b.add_pool("other");
+    b.clone_to_pool("parent", "s", "other", "far").unwrap();
+    assert!(matches!(
+        b.unprotect_snapshot("parent", "s").await,
+        Err(RbdError::Busy(_))
+    ));
+    let unknown = rbd::ChildRef {
+        pool: "nowhere".into(),
+        image: "far".into(),
+    };
+    assert!(matches!(
+        b.flatten_child(&unknown, no_progress(), CancellationToken::new())
+            .await,
+        Err(RbdError::NotFound(_))
+    ));
+    assert!(matches!(
+        b.clone_to_pool("parent", "s", "nowhere", "x"),
+        Err(RbdError::NotFound(_))
+    ));
+    b.remove_in_pool("other", "far").unwrap();
+    b.unprotect_snapshot("parent", "s").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_half_removed_image_is_listed_exists_and_removing_it_again_finishes_the_removal() {
+    let b = small(1024);
+    b.create_image("img", 4096).await.unwrap();
+    b.write_at("img", 0, b"data").await.unwrap();
+    b.interrupt_removal("img").unwrap();
+    assert_eq!(b.list_images().await.unwrap(), vec!["img".to_string()]);
+    assert!(b.image_exists("img").await.unwrap());
+    assert!(matches!(b.stat("img").await, Err(RbdError::Busy(_))));
+    assert!(matches!(
+        b.metadata_get("img", "k").await,
+        Err(RbdError::NotFound(_))
+    ));
+    assert!(matches!(
+        b.create_image("img", 4096).await,
+        Err(RbdError::Exists(_))
+    ));
+    b.remove_image("img").await.unwrap();
+    assert!(b.list_images().await.unwrap().is_empty());
+    assert!(!b.image_exists("img").await.unwrap());
+    assert!(matches!(b.stat("img").await, Err(RbdError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn a_half_removed_clone_is_not_a_listed_child_but_still_holds_its_parent_snapshot() {
+    let b = small(1024);
+    clone_of_full_parent(&b).await;
+    b.interrupt_removal("child").unwrap();
+    assert!(b.list_children("parent", None).await.unwrap().is_empty());
+    assert!(matches!(
+        b.unprotect_snapshot("parent", "s").await,
+        Err(RbdError::Busy(_))
+    ));
+    b.remove_image("child").await.unwrap();
+    b.unprotect_snapshot("parent", "s").await.unwrap();
+    b.create_image("snapped", 4096).await.unwrap();
+    b.create_snapshot("snapped", "s").await.unwrap();
+    assert!(matches!(
+        b.interrupt_removal("snapped"),
+        Err(RbdError::Busy(_))
+    ));
+}

@@ -24,6 +24,21 @@
 //!   - [`BlockBackend::encryption_format`] of an image that has a parent fails with
 //!     [`RbdError::Unsupported`] (Ceph Pacific cannot format a clone: EOPNOTSUPP). Backends without
 //!     encryption support return `Unsupported` for every image.
+//! * **Children in other pools**: a snapshot's clones may live in another pool of the cluster
+//!   ([`ChildRef::pool`]). [`BlockBackend::flatten_child`] flattens a child where it lives; a
+//!   backend that has no other pools answers [`RbdError::Unsupported`] for a child of another pool
+//!   and never touches a same-named image of its own pool.
+//! * **Existence is decided on definite answers only**: [`BlockBackend::stat`] and
+//!   [`BlockBackend::image_exists`] report an image as missing ([`RbdError::NotFound`] / `false`)
+//!   only when the backend definitely knows it is not there. A failure to reach the cluster
+//!   (timeouts, lost connections, a client being blocklisted) is [`RbdError::Transient`], never
+//!   `NotFound`; a snapshot removed while the image is being read is simply not listed.
+//! * **Half-removed images**: a removal interrupted by a crash (librbd moves the image to the trash
+//!   first and deletes its objects afterwards) leaves an image that [`BlockBackend::list_images`]
+//!   still lists but that cannot be opened. For such an image `image_exists` is `true`, `stat`
+//!   fails with [`RbdError::Busy`] (never `NotFound`), and [`BlockBackend::remove_image`] finishes
+//!   the removal (it may answer `Busy` for a while: librbd waits until the crashed client's watch
+//!   has timed out, 30 s by default). Other calls on it fail with `NotFound`.
 //! * Long calls ([`BlockBackend::flatten`], [`BlockBackend::write_stream`]) report progress through a
 //!   [`ProgressFn`] and stop at their next checkpoint when the [`CancellationToken`] is cancelled, returning
 //!   [`RbdError::Cancelled`]. A cancelled flatten leaves the clone intact (still a clone, or flattened);
@@ -216,10 +231,16 @@ pub trait BlockBackend: Send + Sync + 'static {
     /// Creates an empty image of `size` bytes (data pool = this pool). `Exists` if the name is taken.
     async fn create_image(&self, name: &str, size: u64) -> Result<()>;
 
-    /// Reports size, parent and snapshots of an image. `NotFound` if it does not exist.
+    /// Reports size, parent and snapshots of an image. `NotFound` only if it definitely does not
+    /// exist; `Busy` for a half-removed image (listed, cannot be opened: see the module docs);
+    /// `Transient` when the backend cannot tell (cluster unreachable).
     async fn stat(&self, name: &str) -> Result<ImageInfo>;
 
-    /// Whether an image of that name exists.
+    /// Whether an image of that name exists: the definite existence check. `false` only on a
+    /// definite answer that the image is not there; a half-removed image (still listed) exists; a
+    /// backend that cannot tell fails (`Transient`) instead of answering. The default asks
+    /// [`BlockBackend::stat`] (for backends whose `stat` fails `NotFound` exactly when the image is
+    /// not listed).
     async fn image_exists(&self, name: &str) -> Result<bool> {
         match self.stat(name).await {
             Ok(_) => Ok(true),
@@ -235,6 +256,7 @@ pub trait BlockBackend: Send + Sync + 'static {
     async fn resize(&self, name: &str, size: u64) -> Result<()>;
 
     /// Removes an image. `Busy` while it has snapshots (or watchers); `NotFound` if missing.
+    /// Finishes the removal of a half-removed image (one that is listed but cannot be opened).
     async fn remove_image(&self, name: &str) -> Result<()>;
 
     /// Creates snapshot `snap` of `image` (unprotected). `Exists` if it already exists.
@@ -273,6 +295,28 @@ pub trait BlockBackend: Send + Sync + 'static {
         progress: ProgressFn,
         cancel: CancellationToken,
     ) -> Result<()>;
+
+    /// Flattens the clone `child` (as listed by [`BlockBackend::list_children`]) in its own pool:
+    /// [`BlockBackend::flatten`] for a child of this backend's pool, the same on the child's pool
+    /// otherwise. `NotFound` when the child (or its pool) no longer exists. The default handles
+    /// children of this pool and answers `Unsupported` for any other pool (backends without other
+    /// pools); it never flattens a same-named image of this pool instead.
+    async fn flatten_child(
+        &self,
+        child: &ChildRef,
+        progress: ProgressFn,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        if child.pool != self.pool() {
+            return Err(RbdError::Unsupported(format!(
+                "flatten of {}/{}: child in another pool than {} (this backend has one pool)",
+                child.pool,
+                child.image,
+                self.pool()
+            )));
+        }
+        self.flatten(&child.image, progress, cancel).await
+    }
 
     /// Reads `len` bytes at `offset` of the image head (or of snapshot `snap`). Reads past the end are
     /// truncated at the image size.

@@ -30,6 +30,10 @@
 //!   (allocated blocks), `max_avail` is a configured capacity (default 1 TiB,
 //!   [`LocalBackend::with_capacity`]) minus `stored`; the file system's free space is not consulted.
 //! * [`BlockBackend::client_key`] returns the constant [`LOCAL_CLIENT_KEY`]: there is no cephx.
+//! * One pool: every clone lives in this directory, so [`BlockBackend::flatten_child`] of a child
+//!   in another pool is `Unsupported` (the trait's default, which never touches a same-named
+//!   image here). Removals cannot be left half-done (the image directory is renamed into `trash/`
+//!   in one step), so `stat` fails `NotFound` exactly when the image is not listed.
 //! * Protect/unprotect are idempotent (the trait's contract); writes beyond the image size are
 //!   `InvalidArgument`.
 //!

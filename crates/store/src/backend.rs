@@ -22,6 +22,21 @@
 //! part of the contract (the store sorts). Every other failure is `StoreError::Backend(message naming the key)`.
 //! A write that returned `Ok` must be durable and visible to every later `get`/`list` of any handle to the same
 //! storage; a write that failed may or may not have happened only if the error is `Backend` (never torn).
+//!
+//! # Changes made elsewhere (optional)
+//!
+//! A backend whose storage is shared by several processes may report the writes made through *other* handles
+//! with [`Backend::remote_changes`] (the default reports nothing, which is right for storage only this handle
+//! writes: memory, a locked directory). The contract of a backend that does:
+//! * after each successful `put`/`remove` of another handle, [`RemoteChange::Key`] names the key, with the value
+//!   that write replaced when the writer knew it ([`Previous`]: the bytes an `Equals` precondition checked,
+//!   `Absent` for an `Absent` precondition, `Unknown` for `None`); the receiver re-reads the key for the current
+//!   value, so several writes of one key may arrive as one change (carrying the oldest `Previous`), late, or more
+//!   than once — never lost without a [`RemoteChange::Resync`];
+//! * writes made through this very handle are not reported (its store already saw them);
+//! * whenever changes may have been missed (the notification channel broke and was re-established, including the
+//!   moment it is first established), [`RemoteChange::Resync`] is sent: the receiver must re-list;
+//! * dropping the [`RemoteChanges`] receiver stops the reporting.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -74,6 +89,56 @@ impl Precondition {
     }
 }
 
+/// What a backend knows about the value that a write replaced (see [`RemoteChange`]).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Previous {
+    /// The writer did not know (a `put`/`remove` with `Precondition::None`).
+    Unknown,
+    /// The key did not exist before the write (a create).
+    Absent,
+    /// The key held exactly these bytes before the write.
+    Value(Vec<u8>),
+}
+
+impl fmt::Debug for Previous {
+    // Values may hold secrets: never print them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Previous::Unknown => f.write_str("Unknown"),
+            Previous::Absent => f.write_str("Absent"),
+            Previous::Value(b) => write!(f, "Value(<{} bytes>)", b.len()),
+        }
+    }
+}
+
+impl Previous {
+    /// What a write with precondition `pre` replaced, as far as the writer knows.
+    pub fn of(pre: &Precondition) -> Previous {
+        match pre {
+            Precondition::None => Previous::Unknown,
+            Precondition::Absent => Previous::Absent,
+            Precondition::Equals(b) => Previous::Value(b.clone()),
+        }
+    }
+}
+
+/// A change of one collection made through another handle of the same storage (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteChange {
+    /// `key` was written or removed; re-read it for its current value.
+    Key {
+        /// The key.
+        key: String,
+        /// What the (oldest) reported write replaced.
+        previous: Previous,
+    },
+    /// Changes may have been missed: re-list the collection.
+    Resync,
+}
+
+/// The receiving end of [`Backend::remote_changes`]; dropping it stops the reporting.
+pub type RemoteChanges = tokio::sync::mpsc::Receiver<RemoteChange>;
+
 /// Raw key/value storage under a [`crate::Store`]. See the module docs for the exact contract.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
@@ -91,6 +156,13 @@ pub trait Backend: Send + Sync + 'static {
     async fn remove(&self, collection: &str, key: &str, pre: Precondition) -> Result<()>;
     /// Every `(key, value)` of the collection, in any order.
     async fn list(&self, collection: &str) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Changes of `collection` made through other handles of the same storage, if this backend reports them
+    /// (see "Changes made elsewhere" in the module docs). Called from within a tokio runtime. The default,
+    /// `None`, means the store sees only its own writes.
+    fn remote_changes(&self, collection: &str) -> Option<RemoteChanges> {
+        let _ = collection;
+        None
+    }
 }
 
 type Collections = HashMap<String, BTreeMap<String, Vec<u8>>>;

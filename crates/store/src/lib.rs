@@ -1,8 +1,8 @@
 //! The typed object store of cephvol: volumes ([`Image`]) and snapshots ([`Snapshot`]) with optimistic
 //! concurrency, finalizers and watch, over a pluggable key/value [`Backend`].
 //!
-//! This crate owns the persisted data model (SPEC §1, JSON-compatible with the Go provider), the store semantics
-//! (SPEC §2.1, with the Go quirks fixed) and the local backends. It knows nothing about RBD, reconcilers or gRPC.
+//! This crate owns the persisted data model (JSON-compatible with the Go provider), the store semantics
+//! (the Go store's, with its quirks fixed: see `tests/store_semantics.rs`) and the local backends. It knows nothing about RBD, reconcilers or gRPC.
 //!
 //! # Guarantees of [`Store`]
 //!
@@ -42,8 +42,11 @@
 //! For a watch with a selector, an update that makes an object start matching is delivered as `Created`, one that
 //! makes it stop matching as `Deleted` (carrying the new state), and objects that never match are not delivered.
 //! After the `Deleted` of a final removal no further event for that id arrives unless it is created again.
-//! Events are only those of this store value: open one `Store` per collection per process and clone it (two
-//! `Store`s on one backend do not see each other's mutations, and other processes' writes produce no events).
+//! Events are those of this store value: open one `Store` per collection per process and clone it (two
+//! `Store`s on one backend do not see each other's mutations). Other processes' writes produce events only
+//! when the backend reports them ([`Backend::remote_changes`], e.g. the rados-omap backend through watch/notify):
+//! each reported change is re-read and delivered as `Created`/`Updated`/`Deleted` like a local one, but possibly
+//! coalesced, late or repeated, and a break in the reporting arrives as [`WatchEvent::Resync`].
 //!
 //! **Watch.** [`Store::watch`] delivers the mutations that happen after the call. Pattern: call `watch()`
 //! **before** `list()`; then every change is either in the list or delivered as an event (possibly both).
@@ -56,14 +59,15 @@
 //!
 //! **Lists.** [`Store::list`] returns the matching objects sorted by id. Selectors: label equalities (AND),
 //! label existence, and indexed fields ([`Object::indexed_fields`]; images index `spec.snapshotRef`, snapshots
-//! nothing). A field without an indexer is [`StoreError::Invalid`] naming the field, for `list` and `watch`.
+//! nothing). A field without an indexer is [`StoreError::Invalid`] naming the field, for `list` and `watch`. A record that cannot be
+//! decoded is skipped with a warning and counted ([`Store::skipped_records`]) instead of failing the list.
 //!
 //! # Backends
 //!
 //! [`Backend`] is a raw key/value seam with compare-and-set preconditions; its exact contract is in the
 //! [`backend`] module docs. [`MemoryBackend`] is for tests; [`HostDirBackend`] stores one JSON file per object,
-//! crash-safe (write temp + fsync + rename + fsync dir). The rados-omap backend lives in `rbd` (feature `ceph`).
-//! The record stored under a key is the object's JSON document (SPEC §1), the key is `metadata.id`, the
+//! crash-safe (write temp + fsync + rename + fsync dir). The rados-omap backend lives in the `ceph` crate.
+//! The record stored under a key is the object's JSON document (camelCase JSON, as the Go provider writes it), the key is `metadata.id`, the
 //! collection is [`Object::COLLECTION`].
 
 pub mod backend;
@@ -74,7 +78,7 @@ mod model;
 mod serde_go;
 mod store;
 
-pub use backend::{Backend, MemoryBackend, Precondition};
+pub use backend::{Backend, MemoryBackend, Precondition, Previous, RemoteChange, RemoteChanges};
 pub use error::{Result, StoreError};
 pub use hostdir::HostDirBackend;
 pub use ids::{keys, new_id, new_wwn, ID_LEN, WWN_LEN};

@@ -1,11 +1,13 @@
 //! The persisted objects: [`Metadata`], [`Image`], [`Snapshot`] and their value types.
 //!
-//! The JSON layout is the one the Go provider writes (SPEC §1, Go `encoding/json`): camelCase keys in Go's
+//! The JSON layout is the one the Go provider writes (Go `encoding/json`): camelCase keys in Go's
 //! struct order, `null` for nil maps and pointers, `[]byte` as standard base64 with padding, timestamps as
 //! RFC 3339 with up to nine fraction digits (trailing zeros trimmed, like Go's `RFC3339Nano`), `deletedAt` and
 //! `finalizers` omitted when absent/empty. Records written by the Go provider are read and written back with the
-//! same meaning; the fields that exist only in this port (`progress`, `message`) are omitted when empty, so the Go
+//! same meaning; the fields that exist only in this port (`progress`, `message`, `headerSize`) are omitted when empty, so the Go
 //! provider can still read what we write (it ignores unknown keys anyway).
+//!
+//! `status.headerSize` (ours, omitted when 0) marks the layout of an encrypted volume: see [`ImageStatus::header_size`].
 //!
 //! Unknown state strings (a newer or older provider's states) are kept verbatim in `Other(String)` and written
 //! back unchanged.
@@ -27,7 +29,7 @@ use crate::serde_go;
 pub struct Metadata {
     /// Primary key (the omap key / file name). Never empty.
     pub id: String,
-    /// Holds the JSON-encoded IRI labels/annotations (SPEC §7.2). Empty ⇄ `null` (Go nil map).
+    /// Holds the JSON-encoded IRI labels/annotations (poollet labels and annotations). Empty ⇄ `null` (Go nil map).
     #[serde(default, with = "serde_go::map_or_null")]
     pub annotations: BTreeMap<String, String>,
     /// Store-level labels (class, manager, image digest, architecture), matched by [`crate::ListOptions`].
@@ -329,6 +331,17 @@ pub struct ImageStatus {
     /// Ours: reason of `Error` or of the last failure; omitted when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// Ours: bytes the rbd image holds **on top of** the volume's size: the LUKS2 header of an
+    /// encrypted volume provisioned by this version (its rbd image is `round(size) + headerSize`
+    /// and the guest sees exactly `round(size)`). 0 for plain volumes and for encrypted volumes
+    /// provisioned before (their header lives inside the size: the guest sees 16 MiB less), which
+    /// keep that layout for good. Written before the rbd image is created; omitted when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub header_size: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The value of `status.encryption` once the LUKS header has been written.

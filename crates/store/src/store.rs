@@ -3,12 +3,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use chrono::Utc;
 use tracing::{debug, warn};
 
-use crate::backend::{Backend, Precondition};
+use crate::backend::{Backend, Precondition, Previous, RemoteChange, RemoteChanges};
 use crate::error::{Result, StoreError};
 use crate::model::Object;
 
@@ -167,6 +168,18 @@ impl<T> Watcher<T> {
         drop(q);
         self.notify.notify_one();
     }
+
+    /// Queues a `Resync` (unless one is pending): the consumer must re-list.
+    fn push_resync(&self) {
+        let mut q = self.lock();
+        if q.dropped || q.closed || q.resync_pending {
+            return;
+        }
+        q.events.push_back(WatchEvent::Resync);
+        q.resync_pending = true;
+        drop(q);
+        self.notify.notify_one();
+    }
 }
 
 /// A stream of changes of one [`Store`], filtered by [`ListOptions`]. See [`Store::watch`].
@@ -240,12 +253,19 @@ struct Inner<T: Object> {
     locks: Vec<tokio::sync::Mutex<()>>,
     watchers: Mutex<Vec<Arc<Watcher<T>>>>,
     watch_queue: usize,
+    /// Undecodable records skipped by lists (see [`Store::list`]).
+    skipped: AtomicU64,
 }
 
 impl<T: Object> Inner<T> {
     fn watchers(&self) -> MutexGuard<'_, Vec<Arc<Watcher<T>>>> {
         // Pushing to watchers cannot panic half-way; a poisoned lock is still consistent.
         self.watchers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True while at least one `Watch` is alive.
+    fn watched(&self) -> bool {
+        self.watchers().iter().any(|w| !w.lock().dropped)
     }
 
     fn dispatch(&self, change: Change<'_, T>) {
@@ -344,7 +364,8 @@ impl<T: Object> Store<T> {
                 "watch_queue must be at least 1".to_owned(),
             ));
         }
-        Ok(Store {
+        let remote = backend.remote_changes(T::COLLECTION);
+        let store = Store {
             inner: Arc::new(Inner {
                 backend,
                 locks: (0..LOCK_STRIPES)
@@ -352,8 +373,97 @@ impl<T: Object> Store<T> {
                     .collect(),
                 watchers: Mutex::new(Vec::new()),
                 watch_queue: opts.watch_queue,
+                skipped: AtomicU64::new(0),
             }),
-        })
+        };
+        if let Some(changes) = remote {
+            tokio::spawn(follow_remote(Arc::downgrade(&store.inner), changes));
+        }
+        Ok(store)
+    }
+
+    /// Turns one change reported by the backend (another process wrote `key`) into watch events: the key is
+    /// re-read under its lock; present → `Created` (the writer created it) or `Updated` (old state: what the
+    /// writer replaced, when known); absent after a write that replaced a known value → final removal
+    /// (`Deleted` with that value, marked deleted, version + 1). Nothing is read while nobody watches.
+    async fn apply_remote(&self, change: RemoteChange) {
+        if !self.inner.watched() {
+            return;
+        }
+        let (key, previous) = match change {
+            RemoteChange::Resync => {
+                debug!(
+                    collection = T::COLLECTION,
+                    "remote changes may be missed: resync"
+                );
+                for w in self.inner.watchers().iter() {
+                    w.push_resync();
+                }
+                return;
+            }
+            RemoteChange::Key { key, previous } => (key, previous),
+        };
+        let _guard = self.lock(&key).await;
+        let current = match self.inner.backend.get(T::COLLECTION, &key).await {
+            Ok(current) => current,
+            Err(e) => {
+                warn!(collection = T::COLLECTION, id = %key, error = %e,
+                    "re-reading a remotely changed record failed: resync");
+                for w in self.inner.watchers().iter() {
+                    w.push_resync();
+                }
+                return;
+            }
+        };
+        let old = match &previous {
+            Previous::Value(bytes) => match decode::<T>(&key, bytes) {
+                Ok(old) => Some((bytes.as_slice(), old)),
+                Err(e) => {
+                    debug!(error = %e, "undecodable previous value of a remote change");
+                    None
+                }
+            },
+            Previous::Absent | Previous::Unknown => None,
+        };
+        match current {
+            Some(bytes) => {
+                let new = match decode::<T>(&key, &bytes) {
+                    Ok(new) => new,
+                    Err(e) => {
+                        warn!(error = %e, "remotely changed record is undecodable");
+                        return;
+                    }
+                };
+                debug!(collection = T::COLLECTION, id = %key, "remote change");
+                match (&previous, old) {
+                    (_, Some((old_bytes, _))) if old_bytes == bytes.as_slice() => {}
+                    (_, Some((_, old))) => self.inner.dispatch(Change::Updated {
+                        old: &old,
+                        new: &new,
+                    }),
+                    (Previous::Absent, None) => self.inner.dispatch(Change::Created(&new)),
+                    (_, None) => self.inner.dispatch(Change::Updated {
+                        old: &new,
+                        new: &new,
+                    }),
+                }
+            }
+            None => {
+                // Gone: a final removal if we know what was removed; otherwise the write we were told
+                // about was followed by a removal whose own report carries the removed value.
+                if let Some((_, old)) = old {
+                    let mut last = old.clone();
+                    let md = last.metadata_mut();
+                    md.deleted_at = Some(md.deleted_at.unwrap_or_else(Utc::now));
+                    md.resource_version = md.resource_version.saturating_add(1);
+                    debug!(collection = T::COLLECTION, id = %key, "remote removal");
+                    self.inner.dispatch(Change::Removed {
+                        old: &old,
+                        last: &last,
+                    });
+                }
+            }
+        }
     }
 
     async fn lock(&self, id: &str) -> tokio::sync::MutexGuard<'_, ()> {
@@ -548,20 +658,37 @@ impl<T: Object> Store<T> {
         }
     }
 
-    /// The objects matching `opts`, sorted by id. Errors: `Invalid` (unknown field, undecodable record),
-    /// `Backend`.
+    /// The objects matching `opts`, sorted by id. Errors: `Invalid` (unknown field), `Backend`.
+    ///
+    /// A record that cannot be decoded (corrupt, or written by an incompatible program) is
+    /// **skipped** with a warning naming it and counted in [`Store::skipped_records`]: one bad
+    /// record must never fail every list (and with it the reconcilers' start and ListVolumes).
+    /// [`Store::get`] of that id still fails with `Invalid`.
     pub async fn list(&self, opts: &ListOptions) -> Result<Vec<T>> {
         opts.validate::<T>()?;
         let records = self.inner.backend.list(T::COLLECTION).await?;
         let mut out = Vec::with_capacity(records.len());
         for (key, bytes) in records {
-            let obj = decode::<T>(&key, &bytes)?;
+            let obj = match decode::<T>(&key, &bytes) {
+                Ok(obj) => obj,
+                Err(e) => {
+                    self.inner.skipped.fetch_add(1, Ordering::Relaxed);
+                    warn!(collection = T::COLLECTION, id = %key, error = %e, "skipping an undecodable record");
+                    continue;
+                }
+            };
             if opts.matches(&obj) {
                 out.push(obj);
             }
         }
         out.sort_by(|a, b| a.metadata().id.cmp(&b.metadata().id));
         Ok(out)
+    }
+
+    /// How many undecodable records the lists of this store (and its clones) have skipped so
+    /// far; a record skipped by several lists counts once per list.
+    pub fn skipped_records(&self) -> u64 {
+        self.inner.skipped.load(Ordering::Relaxed)
     }
 
     /// Starts watching: every mutation made through this store (or a clone of it) after this call is delivered,
@@ -618,6 +745,17 @@ impl<T: Object> Store<T> {
             }
             other => other,
         }
+    }
+}
+
+/// Feeds the backend's remote changes into the store's watchers until the store or the backend's
+/// channel is gone.
+async fn follow_remote<T: Object>(inner: Weak<Inner<T>>, mut changes: RemoteChanges) {
+    while let Some(change) = changes.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        Store { inner }.apply_remote(change).await;
     }
 }
 

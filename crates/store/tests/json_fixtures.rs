@@ -141,6 +141,21 @@ fn an_os_volume_resolving_its_reference_round_trips_byte_for_byte() {
 }
 
 #[test]
+fn an_encrypted_volume_with_its_header_on_top_round_trips_byte_for_byte() {
+    let img: Image = round_trips_byte_for_byte("image_encrypted_header_on_top.json");
+    assert_eq!(img.status.header_size, 16 << 20);
+    assert_eq!(
+        img.status.size, img.spec.size,
+        "the guest sees the size asked for"
+    );
+    // Go's records (and ours of plain volumes and older encrypted ones) carry no such key.
+    let old: Image = serde_json::from_str(&fixture("image_available.json")).expect("decode");
+    assert_eq!(old.status.header_size, 0);
+    let v = serde_json::to_value(&old).expect("encode");
+    assert!(v["status"].get("headerSize").is_none());
+}
+
+#[test]
 fn an_encrypted_volume_being_formatted_round_trips_byte_for_byte() {
     let img: Image = round_trips_byte_for_byte("image_formatting.json");
     assert_eq!(img.status.state, ImageState::Formatting);

@@ -1,4 +1,4 @@
-//! Store semantics (SPEC §2.1 with the Go quirks fixed), one rule per test.
+//! Store semantics (the Go store's, with its quirks fixed), one rule per test.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -165,10 +165,28 @@ async fn an_undecodable_record_is_invalid_naming_the_id() {
         matches!(&err, StoreError::Invalid(m) if m.contains("bad")),
         "{err}"
     );
-    assert!(matches!(
-        s.list(&ListOptions::new()).await,
-        Err(StoreError::Invalid(_))
-    ));
+}
+
+#[tokio::test]
+async fn a_list_skips_an_undecodable_record_counts_it_and_returns_the_others() {
+    let (b, s) = memory_store().await;
+    s.create(image("a")).await.expect("create");
+    b.put(
+        "ironcore.csi.volumes",
+        "bad",
+        b"{not json".to_vec(),
+        Precondition::None,
+    )
+    .await
+    .expect("put");
+    s.create(image("c")).await.expect("create");
+    let listed = s.list(&ListOptions::new()).await.expect("list");
+    let ids: Vec<&str> = listed.iter().map(|i| i.metadata.id.as_str()).collect();
+    assert_eq!(ids, ["a", "c"]);
+    assert_eq!(s.skipped_records(), 1);
+    let opts = ListOptions::new().field(FIELD_SNAPSHOT_REF, "");
+    assert_eq!(s.list(&opts).await.expect("list").len(), 2);
+    assert_eq!(s.skipped_records(), 2, "counted once per list");
 }
 
 // ---------------------------------------------------------------------------------------------- update

@@ -1,13 +1,16 @@
 //! Conversion between stored objects (`store::Image`, `store::Snapshot`, `controllers` events) and
-//! IRI messages (SPEC §7.2, §7.3, IRI.md §1.3–§1.6).
+//! IRI messages (the protos in `crates/iri/proto`).
 //!
 //! * IRI labels/annotations travel as JSON strings in the store annotations
 //!   `ceph-provider.ironcore.dev/labels` / `…/annotations`. A missing annotation or JSON `null` reads
 //!   as an empty map; an undecodable one is a [`ConvertError`] and the caller skips that object
 //!   with a log line (a List never fails because of one bad object).
-//! * Every state maps to an IRI enum value: unknown and legacy states never fail (SPEC §9.3).
+//! * Every state maps to an IRI enum value: unknown and legacy states never fail (an
+//!   unknown state reads as PENDING, the legacy `Populated` as READY), so one odd record never
+//!   fails a List.
 //! * `spec.resources.storage_bytes` echoes the **requested** size, `status.resources` the rounded
-//!   one (IRI.md §1.6 pitfall 2); `metadata`, `spec`, `spec.resources` and `status` are always set.
+//!   one (the poollet compares the two and would resize again if the
+//!   request were replaced by the rounded size); `metadata`, `spec`, `spec.resources` and `status` are always set.
 //! * Access data only when AVAILABLE: driver `ceph`, handle = WWN, attributes `monitors`/`image`,
 //!   secret `userID`/`userKey`.
 //! * Times: metadata in Unix nanoseconds, events in Unix seconds.

@@ -1,7 +1,7 @@
 //! The daemon: start-up in a safe order, serving, and graceful shutdown.
 //!
-//! Start-up (fixes SPEC §7.1/§9.8: everything that can be wrong is checked before anything
-//! starts):
+//! Start-up (everything that can be wrong is checked before anything starts, so a bad flag or
+//! file never leaves a half-started daemon):
 //! 1. flags validated; the volume class file loaded and validated (or the built-in class list);
 //! 2. local backend: the data directory is created (0700) and locked (`flock`), so two daemons
 //!    never share it; the KEK is loaded (`--ceph-kek-path`, exactly 32 bytes) or, on the local
@@ -13,10 +13,14 @@
 //!    controllers, event GC and metrics endpoint start, then gRPC is served. One log line says
 //!    which backend runs and where the data lives.
 //!
+//! With the ceph backend every daemon serves the socket, but only the holder of the pool's leader
+//! lease runs the controllers (`leader`); a daemon that loses the lease steps down and exits with
+//! code 75. On the local backend the data directory lock makes the daemon the only writer.
+//!
 //! Shutdown on SIGTERM/SIGINT: stop accepting and finish in-flight RPCs, cancel the controllers
 //! (each worker finishes its pass), drain the runner for `--shutdown-timeout` (then cancel what is
-//! left; cancelled operations leave states the next start resumes), remove the socket file. A
-//! second signal cancels the runner at once.
+//! left; cancelled operations leave states the next start resumes), release the leader lease,
+//! remove the socket file. A second signal cancels the runner at once.
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -35,7 +39,10 @@ use crate::classes::VolumeClasses;
 use crate::error::{Error, Result};
 use crate::events::EventStore;
 use crate::flags::{BackendKind, DaemonArgs};
-use crate::metrics::{EventsCollector, Metrics, QueueCollector, RunnerCollector};
+use crate::leader::{Leadership, LeaseLock, LeaseTiming, Role};
+use crate::metrics::{
+    EventsCollector, LeaderCollector, Metrics, QueueCollector, RunnerCollector, StoreCollector,
+};
 use crate::server::{ServerConfig, ServerParts, VolumeServer};
 use crate::socket;
 
@@ -179,6 +186,8 @@ impl Drop for KeyFile {
 struct Opened {
     block: Arc<dyn BlockBackend>,
     objects: Arc<dyn store::Backend>,
+    /// The pool's leader lease (ceph); `None`: this daemon is the only writer (local).
+    lease: Option<Arc<dyn LeaseLock>>,
     where_: String,
     _guards: Vec<Box<dyn std::any::Any + Send>>,
 }
@@ -200,6 +209,7 @@ fn open_local(args: &DaemonArgs, data_dir: &Path) -> Result<Opened> {
     Ok(Opened {
         block: Arc::new(block),
         objects: Arc::new(objects),
+        lease: None,
         where_: format!("data in {}", data_dir.display()),
         _guards: Vec::new(),
     })
@@ -221,15 +231,19 @@ async fn open_ceph(args: &DaemonArgs) -> Result<Opened> {
         key_file: Some(key_file.path().to_path_buf()),
         pool: args.ceph_pool.clone(),
         connect_timeout: args.ceph_connect_timeout,
+        op_timeout: args.ceph_op_timeout,
+        mon_timeout: args.ceph_mon_timeout,
     };
     let backend = ceph::CephBackend::connect(cfg)
         .await
         .map_err(|e| Error::Backend(format!("connecting to ceph ({}): {e}", args.ceph_monitors)))?;
     let objects = ceph::OmapBackend::for_backend(&backend, args.omap_iterator_size)
         .map_err(|e| Error::Backend(format!("omap store: {e}")))?;
+    let lease = crate::leader::CephLease::new(&backend, &args.leader_identity())?;
     Ok(Opened {
         block: Arc::new(backend),
         objects: Arc::new(objects),
+        lease: Some(Arc::new(lease)),
         where_: format!("data in pool {} at {}", args.ceph_pool, args.ceph_monitors),
         _guards: vec![Box::new(key_file)],
     })
@@ -365,11 +379,29 @@ async fn run(
             kek: Some(kek.clone()),
             populator_buffer_size: args.populator_buffer(),
             populate_queue_depth: args.populate_queue_depth,
+            os_image_gc_grace: args.os_image_gc_grace,
+            resolve_timeout: args.resolve_timeout,
+            format_timeout: args.format_timeout,
+            list_children_timeout: args.list_children_timeout,
+            stall_timeout: (!args.stall_timeout.is_zero()).then_some(args.stall_timeout),
             ..Default::default()
         },
     );
     let probe = controllers.probe();
-    let controllers_task = tokio::spawn(controllers.run(shutdown.child_token()));
+    // Only the leader runs the controllers (and so the long operations); see `leader`.
+    let leadership = match &opened.lease {
+        Some(lease) => Leadership::start(
+            Arc::clone(lease),
+            LeaseTiming::new(args.leader_lease, args.leader_renew_interval),
+        ),
+        None => Leadership::always(),
+    };
+    let controllers_task = tokio::spawn(crate::leader::lead(
+        leadership.role(),
+        controllers,
+        runner.clone(),
+        shutdown.child_token(),
+    ));
     let gc_task = tokio::spawn(
         Arc::clone(&events).run_gc(args.volume_event_resync_interval, shutdown.child_token()),
     );
@@ -379,6 +411,14 @@ async fn run(
     metrics.register_collector(Box::new(RunnerCollector::new(move || r.metrics())));
     metrics.register_collector(Box::new(EventsCollector(Arc::clone(&events))));
     metrics.register_collector(Box::new(QueueCollector(probe)));
+    metrics.register_collector(Box::new(StoreCollector::new(
+        images.clone(),
+        snapshots.clone(),
+    )));
+    let role = leadership.role();
+    metrics.register_collector(Box::new(LeaderCollector::new(move || {
+        *role.borrow() == Role::Leader
+    })));
     let metrics = Arc::new(metrics);
     let metrics_task = metrics_listener.map(|l| {
         info!(address = %args.metrics_address.map(|a| a.to_string()).unwrap_or_default(), "serving metrics");
@@ -399,6 +439,7 @@ async fn run(
                 .then(|| LOCAL_ENCRYPTION.to_string()),
             burst_factor: args.limits_burst_factor,
             burst_duration: args.limits_burst_duration,
+            max_volume_size: args.max_volume_size,
         },
     });
 
@@ -438,6 +479,10 @@ async fn run(
         }
         res = &mut controllers_task => {
             let e = match res {
+                Ok(Err(lost @ Error::LostLeadership(_))) => {
+                    shutdown.cancel();
+                    return finish_lost(lost, &runner, leadership).await;
+                }
                 Ok(Ok(())) => "controllers stopped unexpectedly".to_string(),
                 Ok(Err(e)) => format!("controllers failed: {e}"),
                 Err(e) => format!("controllers task failed: {e}"),
@@ -467,14 +512,31 @@ async fn run(
             warn!(signal = sig, "second signal: cancelling long operations");
             runner.shutdown(ShutdownMode::Cancel { deadline: Duration::from_secs(5) }).await;
         }
+        reason = crate::leader::lost(leadership.role()) => {
+            warn!(reason, "lost the leader lease while draining: cancelling long operations");
+            runner.shutdown(ShutdownMode::Cancel { deadline: Duration::from_secs(5) }).await;
+        }
     }
     let _ = gc_task.await;
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
+    leadership.release().await;
     info!("stopped");
     drop(opened);
     outcome
+}
+
+/// After stepping down (controllers stopped, runner cancelled by `leader::lead`): end the lease
+/// loop and exit with the lost-leadership error (the supervisor restarts a standby).
+async fn finish_lost(lost: Error, runner: &Runner, leadership: Leadership) -> Result<()> {
+    runner
+        .shutdown(ShutdownMode::Cancel {
+            deadline: Duration::from_secs(5),
+        })
+        .await;
+    leadership.release().await;
+    Err(lost)
 }
 
 /// Mode bits of a path (tests, diagnostics).

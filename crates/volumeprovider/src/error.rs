@@ -47,12 +47,13 @@ pub enum Error {
     /// Opening the store or block backend failed.
     #[error("backend: {0}")]
     Backend(String),
+    /// This daemon led the pool and lost the leader lease (or was fenced): it stopped acting and
+    /// exits with `leader::EXIT_LOST_LEADERSHIP` for its supervisor to restart it as a standby.
+    #[error("lost the leadership of the pool: {0}")]
+    LostLeadership(String),
     /// The binary was built without a requested feature.
     #[error("{0}")]
     Unsupported(String),
-    /// A client-side (CLI) failure: connection, bad input file, RPC error.
-    #[error("{0}")]
-    Cli(String),
     /// Any other I/O failure.
     #[error("{context}: {source}")]
     Io {

@@ -1,9 +1,17 @@
-//! The in-memory event store behind `ListEvents` (SPEC §7.5): a ring of at most
+//! The in-memory event store behind `ListEvents`: a ring of at most
 //! `--volume-event-max-events` events (oldest overwritten), entries older than `--volume-event-ttl`
 //! dropped by a GC loop every `--volume-event-resync-interval`. It implements
 //! [`controllers::events::EventRecorder`], so the reconcilers record straight into it.
 //!
-//! Queries ([`EventQuery`]) honour `filter.id` (fixes SPEC §9.6), the label selector (matched
+//! **Repeats are one entry.** An event identical to one held (same object id, type, reason,
+//! action and message) does not take a new slot: the held entry counts it, takes its time (the
+//! latest occurrence) and the involved object's metadata, and moves to the newest end of the ring
+//! (so expiry and overwriting go by the latest occurrence). `ListEvents` shows that entry once,
+//! with its message unchanged and `event_time` = the latest occurrence; the IRI `Event` has no
+//! count field, so the count is kept here only ([`EventStore::occurrences`], and the debug log
+//! line of every repeat). A retry loop therefore never floods the ring or pushes other events out.
+//!
+//! Queries ([`EventQuery`]) honour `filter.id` (the Go provider ignored it), the label selector (matched
 //! against the involved object's IRI labels; objects with undecodable labels are skipped) and the
 //! inclusive time window in Unix seconds, applied only when both bounds are > 0. Results keep
 //! insertion order, so replies are deterministic.
@@ -55,14 +63,34 @@ impl EventQuery {
     }
 }
 
+/// One held event and how often it happened.
+#[derive(Debug, Clone)]
+struct Entry {
+    event: Event,
+    count: u64,
+}
+
+impl Entry {
+    /// Whether `ev` repeats this entry's event (same object, type, reason, action, message).
+    fn repeats(&self, ev: &Event) -> bool {
+        let e = &self.event;
+        e.involved.id == ev.involved.id
+            && e.event_type == ev.event_type
+            && e.reason == ev.reason
+            && e.action == ev.action
+            && e.message == ev.message
+    }
+}
+
 /// The bounded, expiring event store.
 #[derive(Debug)]
 pub struct EventStore {
-    events: Mutex<VecDeque<Event>>,
+    events: Mutex<VecDeque<Entry>>,
     max: usize,
     ttl: Duration,
     recorded: AtomicU64,
     dropped: AtomicU64,
+    repeated: AtomicU64,
 }
 
 impl EventStore {
@@ -74,16 +102,35 @@ impl EventStore {
             ttl,
             recorded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            repeated: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Event>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Entry>> {
         // A panic while holding this lock cannot leave the queue inconsistent: keep serving.
         self.events.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds one event, overwriting the oldest when full.
+    /// Adds one event, overwriting the oldest when full; a repeat of a held event updates that
+    /// entry instead (see the module docs).
     pub fn push(&self, event: Event) {
+        self.recorded.fetch_add(1, Ordering::Relaxed);
+        let mut q = self.lock();
+        if let Some(pos) = q.iter().rposition(|e| e.repeats(&event)) {
+            if let Some(mut entry) = q.remove(pos) {
+                entry.count += 1;
+                tracing::debug!(
+                    id = %event.involved.id,
+                    reason = %event.reason,
+                    count = entry.count,
+                    "event repeated"
+                );
+                entry.event = event;
+                q.push_back(entry);
+                self.repeated.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
         tracing::debug!(
             id = %event.involved.id,
             r#type = event.event_type.as_str(),
@@ -92,22 +139,34 @@ impl EventStore {
             message = %event.message,
             "event"
         );
-        let mut q = self.lock();
         while q.len() >= self.max {
             q.pop_front();
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        q.push_back(event);
-        self.recorded.fetch_add(1, Ordering::Relaxed);
+        q.push_back(Entry { event, count: 1 });
     }
 
-    /// The events matching `query`, oldest first.
+    /// The events matching `query`, oldest (by latest occurrence) first; a repeated event once.
     pub fn list(&self, query: &EventQuery) -> Vec<Event> {
         self.lock()
             .iter()
-            .filter(|e| query.matches(e))
-            .cloned()
+            .filter(|e| query.matches(&e.event))
+            .map(|e| e.event.clone())
             .collect()
+    }
+
+    /// The events matching `query` with how often each happened, as [`EventStore::list`].
+    pub fn occurrences(&self, query: &EventQuery) -> Vec<(Event, u64)> {
+        self.lock()
+            .iter()
+            .filter(|e| query.matches(&e.event))
+            .map(|e| (e.event.clone(), e.count))
+            .collect()
+    }
+
+    /// Recorded events that repeated a held one (counted in its entry, no slot of their own).
+    pub fn repeats(&self) -> u64 {
+        self.repeated.load(Ordering::Relaxed)
     }
 
     /// Number of events held.
@@ -120,7 +179,8 @@ impl EventStore {
         self.lock().is_empty()
     }
 
-    /// Events recorded since start, and events dropped (overwritten or expired).
+    /// Events recorded since start (repeats included), and held events dropped (overwritten or
+    /// expired).
     pub fn totals(&self) -> (u64, u64) {
         (
             self.recorded.load(Ordering::Relaxed),
@@ -136,7 +196,7 @@ impl EventStore {
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let mut q = self.lock();
         let before = q.len();
-        q.retain(|e| e.time >= cutoff);
+        q.retain(|e| e.event.time >= cutoff);
         let n = before - q.len();
         self.dropped.fetch_add(n as u64, Ordering::Relaxed);
         n
@@ -241,6 +301,43 @@ mod tests {
         // one bound only: no window
         assert_eq!(s.list(&q("", &[], 25, 0)).len(), 4);
         assert_eq!(messages(s.list(&q("a", &[("k", "v")], 10, 10))), ["a@10"]);
+    }
+
+    #[test]
+    fn a_repeated_event_is_held_once_with_its_count_and_latest_time() {
+        let s = EventStore::new(3, Duration::from_secs(300));
+        let mut repeat = ev("a", "{}", 10);
+        repeat.message = "resizing failed".into();
+        s.push(repeat.clone());
+        s.push(ev("b", "{}", 11));
+        for t in 12..=40 {
+            let mut e = repeat.clone();
+            e.time = DateTime::from_timestamp(t, 0).expect("valid");
+            s.push(e);
+        }
+        s.push(ev("c", "{}", 41));
+        let held = s.occurrences(&EventQuery::default());
+        let summary: Vec<(String, i64, u64)> = held
+            .iter()
+            .map(|(e, n)| (e.message.clone(), e.time.timestamp(), *n))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("b@11".to_string(), 11, 1),
+                ("resizing failed".to_string(), 40, 30),
+                ("c@41".to_string(), 41, 1)
+            ],
+            "the repeats took no slot: b was not pushed out"
+        );
+        assert_eq!(s.totals(), (32, 0));
+        assert_eq!(s.repeats(), 29);
+        // Another reason, type or object is another event.
+        let mut other = repeat.clone();
+        other.reason = "Other".into();
+        s.push(other);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.totals().1, 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,4 +1,4 @@
-//! Daemon flags (SPEC §7.7): the Go provider's names and defaults, plus cephvol's own.
+//! Daemon flags: the Go provider's names and defaults, plus cephvol's own.
 //!
 //! Go flags kept: `--address`, `--supported-volume-classes`, `--ceph-monitors`,
 //! `--ceph-connect-timeout`, `--ceph-user`, `--ceph-key-file`, `--ceph-keyring-file`, `--ceph-pool`,
@@ -23,7 +23,22 @@
 //! Ours: `--backend local|ceph`, `--data-dir`, `--metrics-address`, `--log-format`, `--log-level`,
 //! `--socket-mode`, `--populate-queue-depth`, `--registry-insecure-hosts` (alias
 //! `--registry-plain-http`), `--registry-skip-tls-verify`, `--registry-ca-file`, `--docker-config`,
-//! `--shutdown-timeout`.
+//! `--shutdown-timeout`, `--max-volume-size`, `--os-image-gc-grace`, and the leader lease of the Ceph backend: `--leader-lease`,
+//! `--leader-renew-interval`, `--leader-id`, the Ceph timeouts `--ceph-op-timeout`,
+//! `--ceph-mon-timeout`, the runner's classes `--async-populate-share`, `--async-fill-share`,
+//! `--async-flatten-share`, `--async-aging`, and the deadlines of long operations
+//! `--resolve-timeout`, `--format-timeout`, `--list-children-timeout`, `--stall-timeout`.
+//!
+//! # Ceph timeouts
+//! librados waits for ever by default: with a stuck placement group every call would pin a
+//! blocking thread until the process dies, and shutdown could not finish. The daemon bounds every
+//! call on its cluster handle: `--ceph-connect-timeout` (10s) the connect and authentication
+//! (`client_mount_timeout`), `--ceph-op-timeout` (30s) every OSD operation, librbd's included
+//! (`rados_osd_op_timeout`), `--ceph-mon-timeout` (10s) every mon command such as the pool usage of
+//! `Status` (`rados_mon_op_timeout`). A call that runs into its bound fails as a transient backend
+//! error: the RPC answers with an error and the controllers retry with backoff. `0` turns a bound
+//! off. Keep `--ceph-op-timeout` above the OSD failure detection (heartbeat grace 20 s + interval
+//! 6 s): shorter, an OSD fail-over becomes a burst of errors instead of a delay.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,6 +78,31 @@ impl BackendKind {
     }
 }
 
+/// Parses a byte count: digits, optionally followed by `Ki`, `Mi`, `Gi`, `Ti` or `Pi`.
+fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (examples: 1099511627776, 1024Gi, 1Pi)"))?;
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        "Ti" => 40,
+        "Pi" => 50,
+        _ => {
+            return Err(format!(
+                "invalid size unit in {s:?} (use Ki, Mi, Gi, Ti, Pi)"
+            ))
+        }
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -92,6 +132,16 @@ pub struct DaemonArgs {
     /// Timeout of the connection to the Ceph cluster.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub ceph_connect_timeout: Duration,
+
+    /// Bound of every OSD operation (librados rados_osd_op_timeout, librbd's calls included): a
+    /// call on a stuck placement group fails after it and is retried; 0: no bound.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ceph_op_timeout: Duration,
+
+    /// Bound of every mon command (librados rados_mon_op_timeout: pool usage, client keys);
+    /// 0: no bound.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub ceph_mon_timeout: Duration,
 
     /// Rados user id (without `client.`).
     #[arg(long, default_value = "", hide_default_value = true)]
@@ -172,6 +222,24 @@ pub struct DaemonArgs {
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub async_aging: Duration,
 
+    /// Deadline of one OS-image resolution at the registry (and of opening a rootfs up to the
+    /// response); the registry client's connect (10s) and per-request (60s) bounds apply within.
+    #[arg(long, default_value = "3m", value_parser = parse_duration)]
+    pub resolve_timeout: Duration,
+
+    /// Deadline of one LUKS2 format (key derivation takes seconds on Ceph Pacific).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub format_timeout: Duration,
+
+    /// Deadline of listing the children of an image or snapshot before flattening them.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub list_children_timeout: Duration,
+
+    /// A stream copy (populate, encrypted fill) or flatten whose progress has not moved for this
+    /// long is cancelled and retried with backoff (0 disables the watchdog).
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+
     /// Block backend and store: `local` (files under --data-dir) or `ceph`. Without this flag,
     /// any Ceph connection flag (--ceph-monitors, --ceph-pool, --ceph-user, --ceph-key-file,
     /// --ceph-keyring-file) selects `ceph`, and no such flag selects `local`.
@@ -226,9 +294,36 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "FILE")]
     pub docker_config: Option<PathBuf>,
 
+    /// Largest volume, in bytes or with a suffix Ki/Mi/Gi/Ti/Pi: bigger CreateVolume and
+    /// ExpandVolume requests are refused (INVALID_ARGUMENT). The default is the largest image
+    /// librbd creates with its default object map and 4 MiB objects; an encrypted volume needs
+    /// 16 MiB of it for its LUKS2 header.
+    #[arg(long, default_value = "1000000Gi", value_parser = parse_bytes)]
+    pub max_volume_size: u64,
+
+    /// How long an OS image's populated copy is kept once no volume uses it (a cache for the
+    /// next volume of that image); 0 keeps them for ever.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub os_image_gc_grace: Duration,
+
     /// How long shutdown waits for running operations before cancelling them.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Ceph backend: how long the leader lease lasts without renewal. Only the daemon holding it
+    /// reconciles; a standby takes over within about this long after the leader died.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub leader_lease: Duration,
+
+    /// Ceph backend: how often the leader renews its lease (at most half of --leader-lease).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub leader_renew_interval: Duration,
+
+    /// Ceph backend: this replica's name in the leader lease, unique per replica (default:
+    /// `<hostname>:<socket path>`). A daemon that finds the lease held under its own name by
+    /// another process knows it is a dead earlier run of itself and takes over at once.
+    #[arg(long, value_name = "NAME")]
+    pub leader_id: Option<String>,
 
     /// zap compatibility: development mode (ignored).
     #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
@@ -279,8 +374,34 @@ impl DaemonArgs {
                 "must not be negative",
             ));
         }
+        if self.max_volume_size < (1 << 20) {
+            return Err(flag("--max-volume-size", "must be at least 1Mi"));
+        }
+        for (name, d) in [
+            ("--resolve-timeout", self.resolve_timeout),
+            ("--format-timeout", self.format_timeout),
+            ("--list-children-timeout", self.list_children_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(flag(name, "must be > 0"));
+            }
+        }
         if self.volume_event_resync_interval.is_zero() {
             return Err(flag("--volume-event-resync-interval", "must be > 0"));
+        }
+        if self.leader_renew_interval.is_zero()
+            || self.leader_renew_interval * 2 > self.leader_lease
+        {
+            return Err(flag(
+                "--leader-renew-interval",
+                "must be > 0 and at most half of --leader-lease",
+            ));
+        }
+        if self.leader_lease < Duration::from_secs(2) {
+            return Err(flag("--leader-lease", "must be at least 2s"));
+        }
+        if self.leader_id.as_deref().is_some_and(str::is_empty) {
+            return Err(flag("--leader-id", "must not be empty"));
         }
         if self.socket_path().as_os_str().is_empty() {
             return Err(flag("--address", "must not be empty"));
@@ -432,6 +553,24 @@ impl DaemonArgs {
         }
     }
 
+    /// This replica's name in the leader lease: `--leader-id`, else `<hostname>:<absolute socket
+    /// path>`. Two live daemons never share the default: on one host the socket is theirs alone (a
+    /// live socket refuses a second daemon), and host names differ between hosts.
+    pub fn leader_identity(&self) -> String {
+        if let Some(id) = &self.leader_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "localhost".into());
+        let socket = self.socket_path();
+        let socket = std::path::absolute(&socket).unwrap_or(socket);
+        format!("{host}:{}", socket.display())
+    }
+
     /// Event store capacity (Go: ≤ 0 means 1000).
     pub fn max_events(&self) -> usize {
         if self.volume_event_max_events <= 0 {
@@ -508,10 +647,28 @@ mod tests {
     }
 
     #[test]
+    fn the_size_bound_and_the_os_image_grace_have_defaults_and_parse() {
+        let d = parse(&[]);
+        assert_eq!(d.max_volume_size, crate::validate::DEFAULT_MAX_VOLUME_SIZE);
+        assert_eq!(d.os_image_gc_grace, controllers::DEFAULT_OS_IMAGE_GC_GRACE);
+        let d = parse(&["--max-volume-size=2Pi", "--os-image-gc-grace=0s"]);
+        assert_eq!(d.max_volume_size, 2 << 50);
+        assert!(d.os_image_gc_grace.is_zero());
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert!(parse_bytes("1GB").is_err());
+        assert!(parse_bytes("99999999999Pi").is_err());
+        let mut d = parse(&[]);
+        d.max_volume_size = 1000;
+        assert!(d.validate().is_err());
+    }
+
+    #[test]
     fn defaults_match_the_go_provider() {
         let d = parse(&[]);
         assert_eq!(d.address, "/var/run/iri-volumeprovider.sock");
         assert_eq!(d.ceph_connect_timeout, Duration::from_secs(10));
+        assert_eq!(d.ceph_op_timeout, Duration::from_secs(30));
+        assert_eq!(d.ceph_mon_timeout, Duration::from_secs(10));
         assert_eq!(d.limits_burst_factor, 10);
         assert_eq!(d.limits_burst_duration, 15);
         assert_eq!(d.populator_buffer_size, 5_242_880);
@@ -521,6 +678,10 @@ mod tests {
         assert_eq!(d.volume_event_ttl, Duration::from_secs(300));
         assert_eq!(d.volume_event_resync_interval, Duration::from_secs(60));
         assert_eq!(d.async_max_workers, 10);
+        assert_eq!(d.resolve_timeout, Duration::from_secs(180));
+        assert_eq!(d.format_timeout, Duration::from_secs(300));
+        assert_eq!(d.list_children_timeout, Duration::from_secs(60));
+        assert_eq!(d.stall_timeout, Duration::from_secs(900));
         let classes = d.runner_classes();
         let shares: Vec<(&str, usize)> =
             classes.iter().map(|c| (c.name.as_str(), c.share)).collect();
@@ -531,7 +692,35 @@ mod tests {
         assert_eq!(d.populate_queue_depth, 4);
         assert_eq!(d.log_format, LogFormat::Text);
         assert!(d.metrics_address.is_none());
+        assert_eq!(d.leader_lease, Duration::from_secs(15));
+        assert_eq!(d.leader_renew_interval, Duration::from_secs(5));
+        assert_eq!(d.leader_id, None);
         d.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn the_leader_lease_must_leave_room_for_renewals() {
+        assert!(parse(&["--leader-lease=4s", "--leader-renew-interval=2s"])
+            .validate()
+            .is_ok());
+        for bad in [
+            ["--leader-lease=4s", "--leader-renew-interval=3s"],
+            ["--leader-lease=15s", "--leader-renew-interval=0s"],
+            ["--leader-lease=1s", "--leader-renew-interval=500ms"],
+        ] {
+            assert!(parse(&bad).validate().is_err(), "{bad:?}");
+        }
+        assert!(parse(&["--leader-id="]).validate().is_err());
+    }
+
+    #[test]
+    fn the_default_leader_identity_names_the_host_and_the_socket() {
+        let d = parse(&["--address=unix:///run/a.sock"]);
+        let id = d.leader_identity();
+        assert!(id.ends_with(":/run/a.sock"), "{id}");
+        assert!(id.len() > ":/run/a.sock".len(), "{id}");
+        assert_ne!(id, parse(&["--address=/run/b.sock"]).leader_identity());
+        assert_eq!(parse(&["--leader-id=r1"]).leader_identity(), "r1");
     }
 
     #[test]
@@ -555,6 +744,19 @@ mod tests {
             ["localhost:5000", "127.0.0.1:5001", "reg.test:80"]
         );
         d.validate().expect("valid: worker size 1 is accepted");
+    }
+
+    #[test]
+    fn ceph_timeouts_take_go_durations_and_zero_turns_them_off() {
+        let d = parse(&["--ceph-op-timeout=1m30s", "--ceph-mon-timeout=0"]);
+        assert_eq!(d.ceph_op_timeout, Duration::from_secs(90));
+        assert_eq!(d.ceph_mon_timeout, Duration::ZERO);
+        assert_eq!(
+            d.backend_kind(),
+            BackendKind::Local,
+            "timeouts select nothing"
+        );
+        d.validate().expect("valid");
     }
 
     #[test]

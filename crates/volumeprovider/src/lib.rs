@@ -7,7 +7,8 @@
 //!   [`validate`]: request checks with field-naming errors;
 //! * [`events`]: the bounded, expiring event store behind ListEvents;
 //! * [`flags`]: daemon flags; [`classes`]: the volume class file; [`keyring`]: the Ceph key;
-//! * [`daemon`]: start-up order, serving and graceful shutdown; [`socket`]: the unix socket;
+//! * [`daemon`]: start-up order, serving and graceful shutdown; [`leader`]: the leader lease (one
+//!   writer per pool); [`socket`]: the unix socket;
 //!   [`metrics`]: Prometheus metrics and their endpoint; [`logging`]: tracing set-up;
 //! * [`entry`]: the command line of the binary; [`image_source`]: OS images from OCI registries
 //!   (the `oci` crate) as the controllers' `ImageSource`.
@@ -23,6 +24,7 @@ pub mod events;
 pub mod flags;
 pub mod image_source;
 pub mod keyring;
+pub mod leader;
 pub mod logging;
 pub mod metrics;
 pub mod server;
@@ -57,8 +59,15 @@ fn run_daemon(args: flags::DaemonArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(daemon::serve(args)) {
+    let result = rt.block_on(daemon::serve(args));
+    // Librados calls stuck on an unreachable cluster must not keep the process alive.
+    rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ Error::LostLeadership(_)) => {
+            tracing::error!("cephvol: {e}");
+            ExitCode::from(leader::EXIT_LOST_LEADERSHIP)
+        }
         Err(e) => {
             tracing::error!("cephvol: {e}");
             ExitCode::FAILURE

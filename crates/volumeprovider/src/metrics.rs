@@ -10,6 +10,7 @@
 //! * `cephvol_controller_queue_length{controller}` and `cephvol_controller_queue_delayed{controller}`
 //!   from the reconcilers' work queues;
 //! * `cephvol_events_recorded_total`, `cephvol_events_dropped_total`, `cephvol_events_held`;
+//! * `cephvol_leader`: 1 on the daemon holding the pool's leader lease, 0 on a standby;
 //! * `cephvol_build_info{version}`.
 
 use std::net::SocketAddr;
@@ -403,11 +404,94 @@ impl Collector for EventsCollector {
             "Events overwritten or expired",
             dropped,
         )?;
+        counter(
+            &mut e,
+            "events_repeated",
+            "Events that repeated a held one and were counted in it instead of taking a slot",
+            self.0.repeats(),
+        )?;
         gauge(
             &mut e,
             "events_held",
             "Events held for ListEvents",
             i64::try_from(self.0.len()).unwrap_or(i64::MAX),
+        )
+    }
+}
+
+/// Reads at scrape time how many undecodable store records the lists have skipped, by
+/// collection (`cephvol_store_skipped_records_total{collection="images"}`): a record that no
+/// list can decode is hidden from ListVolumes, and this is where an operator sees it.
+pub struct StoreCollector {
+    read: Box<dyn Fn() -> [(&'static str, u64); 2] + Send + Sync>,
+}
+
+impl StoreCollector {
+    /// A collector over the image and snapshot stores.
+    pub fn new(
+        images: store::Store<store::Image>,
+        snapshots: store::Store<store::Snapshot>,
+    ) -> Self {
+        StoreCollector {
+            read: Box::new(move || {
+                [
+                    ("images", images.skipped_records()),
+                    ("snapshots", snapshots.skipped_records()),
+                ]
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreCollector")
+    }
+}
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut desc = e.encode_descriptor(
+            "store_skipped_records",
+            "Undecodable store records skipped by lists (once per list), by collection",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (collection, n) in (self.read)() {
+            ConstCounter::new(n).encode(desc.encode_family(&[("collection", collection)])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads whether this daemon leads its pool at scrape time: `cephvol_leader` is 1 on the leader
+/// (the daemon that reconciles and runs long operations) and 0 on a standby.
+pub struct LeaderCollector {
+    read: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for LeaderCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaderCollector")
+    }
+}
+
+impl LeaderCollector {
+    /// A collector calling `is_leader` on every scrape.
+    pub fn new(is_leader: impl Fn() -> bool + Send + Sync + 'static) -> LeaderCollector {
+        LeaderCollector {
+            read: Box::new(is_leader),
+        }
+    }
+}
+
+impl Collector for LeaderCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge(
+            &mut e,
+            "leader",
+            "Whether this daemon holds the pool's leader lease and reconciles (0: standby)",
+            i64::from((self.read)()),
         )
     }
 }
@@ -504,6 +588,52 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cephvol_events_held 0"), "{text}");
+        assert!(text.contains("cephvol_events_repeated_total 0"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn skipped_store_records_are_counted_by_collection() {
+        let backend: Arc<dyn store::Backend> = Arc::new(store::MemoryBackend::default());
+        let images = store::Store::<store::Image>::open(Arc::clone(&backend))
+            .await
+            .unwrap();
+        let snapshots = store::Store::<store::Snapshot>::open(Arc::clone(&backend))
+            .await
+            .unwrap();
+        backend
+            .put(
+                "ironcore.csi.volumes",
+                "0bad",
+                b"{\"metadata\": 42".to_vec(),
+                store::Precondition::None,
+            )
+            .await
+            .unwrap();
+        images.list(&store::ListOptions::default()).await.unwrap();
+        let mut m = Metrics::new();
+        m.register_collector(Box::new(StoreCollector::new(images, snapshots)));
+        let text = m.encode();
+        assert!(
+            text.contains(r#"cephvol_store_skipped_records_total{collection="images"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"cephvol_store_skipped_records_total{collection="snapshots"} 0"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_leader_gauge_follows_the_role_at_scrape_time() {
+        let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut m = Metrics::new();
+        let l = Arc::clone(&leading);
+        m.register_collector(Box::new(LeaderCollector::new(move || {
+            l.load(std::sync::atomic::Ordering::SeqCst)
+        })));
+        assert!(m.encode().contains("cephvol_leader 0"));
+        leading.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(m.encode().contains("cephvol_leader 1"));
     }
 
     #[tokio::test]

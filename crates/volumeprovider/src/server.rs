@@ -11,6 +11,9 @@
 //!   `INVALID_ARGUMENT`; state that forbids the call (source not Available, being deleted) →
 //!   `FAILED_PRECONDITION`; store outages → `UNAVAILABLE`; concurrent-update races → `ABORTED`;
 //! * a request that fails validation changes nothing;
+//! * sizes are bounded (`--max-volume-size`, see `validate::size_bound`): a CreateVolume or
+//!   ExpandVolume beyond the bound is `INVALID_ARGUMENT` naming the size field, instead of a
+//!   volume that stays pending or an expand retried for ever;
 //! * Lists never fail because of one object: unknown states map, broken annotations are skipped
 //!   with a log line; internal images (re-homed clones, unmanaged) are never listed;
 //! * restore accepts the k8s VolumeSnapshot name and snapshot creation the k8s Volume name (the
@@ -60,6 +63,9 @@ pub struct ServerConfig {
     pub burst_factor: i64,
     /// `--limits-burst-duration`.
     pub burst_duration: i64,
+    /// `--max-volume-size`: the largest rbd image a volume may need (see
+    /// [`crate::validate::size_bound`]).
+    pub max_volume_size: u64,
 }
 
 /// Everything the server works on.

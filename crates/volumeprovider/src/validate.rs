@@ -239,6 +239,36 @@ pub fn create_volume(
     })
 }
 
+/// The default bound of volume sizes (`--max-volume-size`): 1,000,000 GiB, the largest image
+/// librbd creates with its default features (object map) and 4 MiB objects — an object map
+/// holds at most 256,000,000 objects, and `rbd create` refuses one object more with EINVAL
+/// (measured on Ceph Pacific 16.2.15). The size of a volume is rounded as it is provisioned, and
+/// an encrypted volume's image holds its 16 MiB LUKS2 header on top.
+pub const DEFAULT_MAX_VOLUME_SIZE: u64 = 1_000_000 << 30;
+
+/// Checks that a volume of `bytes` (encrypted or not) fits the configured bound `max`: the rbd
+/// image it needs, `round(bytes)` plus the LUKS2 header when `encrypted`, is at most `max`.
+/// `INVALID_ARGUMENT` naming `field` otherwise.
+pub fn size_bound(field: &str, bytes: u64, encrypted: bool, max: u64) -> Result<(), Status> {
+    let header = if encrypted { rbd::LUKS2_HEADER_SIZE } else { 0 };
+    let needed = controllers::round_size(bytes).saturating_add(header);
+    if needed > max {
+        return Err(invalid(
+            field,
+            format!(
+                "{bytes} bytes exceed the largest volume this provider creates: {max} bytes{} \
+                 (--max-volume-size)",
+                if encrypted {
+                    " including the 16 MiB LUKS2 header of an encrypted volume"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A validated ExpandVolume request: `(volume id, new size)`.
 pub fn expand_volume(req: &volume_v1::ExpandVolumeRequest) -> Result<(String, u64), Status> {
     id("volume_id", &req.volume_id)?;
@@ -484,6 +514,29 @@ mod tests {
             .expect_err("must fail")
             .message()
             .starts_with("resources.storage_bytes: must be > 0"));
+    }
+
+    #[test]
+    fn sizes_beyond_the_bound_are_rejected_naming_the_field() {
+        let max = DEFAULT_MAX_VOLUME_SIZE;
+        assert!(size_bound("f", max, false, max).is_ok());
+        assert!(size_bound("f", max - (1 << 30) + 1, false, max).is_ok());
+        let s = size_bound("volume.spec.resources.storage_bytes", max + 1, false, max)
+            .expect_err("rounds to one GiB more");
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(
+            s.message()
+                .starts_with("volume.spec.resources.storage_bytes: 1073741824000001 bytes exceed"),
+            "{}",
+            s.message()
+        );
+        assert!(
+            size_bound("f", max, true, max).is_err(),
+            "the header on top"
+        );
+        assert!(size_bound("f", max - (1 << 30), true, max).is_ok());
+        assert!(size_bound("f", 8 << 60, false, max).is_err(), "8 EiB");
+        assert!(size_bound("f", u64::MAX, true, max).is_err());
     }
 
     #[test]

@@ -49,6 +49,23 @@ const FUNCTIONS: &[&str] = &[
     "rados_omap_iter_size",
     "rados_omap_get_end",
     "rados_remove",
+    // librados: identity of this client and fencing of others (leadership)
+    "rados_get_instance_id",
+    "rados_getaddrs",
+    "rados_blocklist_add",
+    // librados: advisory locks (cls_lock) and class calls inside write ops (leadership)
+    "rados_lock_exclusive",
+    "rados_unlock",
+    "rados_list_lockers",
+    "rados_break_lock",
+    "rados_write_op_exec",
+    // librados: watch/notify (cross-daemon store change notifications)
+    "rados_watch2",
+    "rados_unwatch2",
+    "rados_watch_check",
+    "rados_watch_flush",
+    "rados_notify2",
+    "rados_notify_ack",
     // librbd: images
     "rbd_version",
     "rbd_image_options_create",
@@ -110,6 +127,7 @@ const VARS: &[&str] = &[
     "LIBRADOS_CMPXATTR_OP_.*",
     "LIBRADOS_CREATE_.*",
     "LIBRADOS_OPERATION_NOFLAG",
+    "LIBRADOS_LOCK_FLAG_.*",
 ];
 
 /// Types whose definitions the safe layer needs although no allowlisted function names them directly.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,6 +17,45 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 pub fn config() -> CephConfig {
     CephConfig::from_env()
         .expect("CEPH_CONF and CEPH_POOL are unset: run through `cargo xtask integration`")
+}
+
+/// The cluster configuration as `client.admin` (`CEPH_ADMIN_KEYRING`): for what the rbd-profile
+/// test user may not do (other pools, other clients' keys).
+pub fn admin_config() -> CephConfig {
+    let mut cfg = config();
+    cfg.user = "admin".into();
+    cfg.keyring = Some(PathBuf::from(
+        std::env::var("CEPH_ADMIN_KEYRING")
+            .expect("CEPH_ADMIN_KEYRING: run through `cargo xtask integration`"),
+    ));
+    cfg.key_file = None;
+    cfg
+}
+
+/// A connected backend on the test pool as `client.admin`.
+pub async fn admin_backend() -> CephBackend {
+    CephBackend::connect(admin_config())
+        .await
+        .expect("connect to the test cluster as client.admin")
+}
+
+/// Runs a Ceph CLI as `client.admin` (no default pool); returns stdout.
+pub fn admin_cli(program: &str, args: &[&str]) -> String {
+    let cfg = admin_config();
+    let out = Command::new(program)
+        .arg("-c")
+        .arg(cfg.conf_file.as_ref().expect("conf file"))
+        .args(["--id", "admin", "--keyring"])
+        .arg(cfg.keyring.as_ref().expect("admin keyring"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A connected backend on the test pool.

@@ -6,9 +6,9 @@
 //!
 //! | Step | What happens |
 //! |---|---|
-//! | 0 | An operation of this image that is not a flatten (resolve, format, `Filling` copy) is cancelled; the pass waits for its completion. |
-//! | 1 | No `img_<id>` → step 6. |
-//! | 2 | Each rbd snapshot `s` of `img_<id>` whose Snapshot object is live (not deleted, not `Failed`) and still points at this volume is **re-homed**: an internal Image `s` (labels [`INTERNAL_LABEL`]`=rehome`, [`REHOME_OF_LABEL`]`=<id>`, no manager label, so it never appears in ListVolumes) with `snapshotRef = s`, size = the snapshot's size, limits and encryption of the volume; its own reconciler clones it. The pass waits until every `img_<s>` exists. Other rbd snapshots are *orphans* (no record, record deleted or `Failed`): nobody can reference them, so they are flattened away and removed instead of blocking deletion forever. |
+//! | 0 | An OS volume whose OS snapshot is still `Pending`/`Populating` and waited for by no other live volume deletes that snapshot (its populate is cancelled). An operation of this image that is not a flatten (resolve, format, `Filling` copy) is cancelled; the pass waits for its completion. |
+//! | 1 | No `img_<id>` to work on (stat answers not found, or `Busy`: half-removed) → its removal is repeated (not-found ignored: it finishes a removal interrupted half-way, whose image is still listed) → step 6. |
+//! | 2 | Each rbd snapshot `s` of `img_<id>` whose Snapshot object is live (not `Failed`, and not deleted — or deleted but still `Ready`: its deletion may be waiting for restores that have not cloned it yet) and still points at this volume is **re-homed**: an internal Image `s` (labels [`INTERNAL_LABEL`]`=rehome`, [`REHOME_OF_LABEL`]`=<id>`, no manager label, so it never appears in ListVolumes) with `snapshotRef = s`, size = the snapshot's size as the volume's guest saw it (without a header on top), limits and encryption of the volume; its own reconciler clones it. The pass waits until every `img_<s>` exists. Other rbd snapshots are *orphans* (no record, record deleted or `Failed`): nobody can reference them, so they are flattened away and removed instead of blocking deletion forever. |
 //! | 3 | Children of `img_<id>` (re-home clones and restored volumes; listed within `list_children_timeout`) → `FlatteningChildren`, op `image:<id>` "flatten children" (class `flatten`) on the runner (`status.progress` = children done/total ≈ 1/s, stall watchdog). The pass re-runs on completion and repeats until no child is left. |
 //! | 4 | For each re-homed `s`: snapshot `s` (+protect) on `img_<s>`, Snapshot `s` repointed (`source.volumeImageId = s`) **before** the rbd snapshot is removed from the volume (a crash in between cannot lose the pointer). Orphans are removed. |
 //! | 5 | `img_<id>` removed (not-found ignored). |
@@ -18,7 +18,10 @@ use std::sync::Arc;
 
 use rbd::{CancellationToken, RbdError};
 use store::keys::{CLASS_LABEL, IMAGE_FINALIZER, INTERNAL_LABEL, INTERNAL_REHOME, REHOME_OF_LABEL};
-use store::{Image, ImageSpec, ImageState, Snapshot, SnapshotState, StoreError};
+use store::{
+    Image, ImageSpec, ImageState, ListOptions, Snapshot, SnapshotState, StoreError,
+    FIELD_SNAPSHOT_REF,
+};
 use tracing::{debug, info};
 
 use crate::ctx::{get_opt, ignore_exists, ignore_not_found, modify, Action, Ctx};
@@ -33,6 +36,7 @@ pub(super) async fn delete(ctx: &Arc<Ctx>, img: Image) -> Result<Action> {
     }
     let id = img.metadata.id.clone();
     ctx.release_resolve(&id);
+    release_os_snapshot(ctx, &img).await?;
     let key = image_key(&id);
     if img.status.state != ImageState::FlatteningChildren && ctx.op_active(&key) {
         ctx.cancel_op(&key);
@@ -41,7 +45,14 @@ pub(super) async fn delete(ctx: &Arc<Ctx>, img: Image) -> Result<Action> {
     let name = volume_image_name(&id);
     let info = match ctx.backend.stat(&name).await {
         Ok(i) => Some(i),
-        Err(RbdError::NotFound(_)) => None,
+        // A removal interrupted half-way leaves an image that is still listed but cannot be
+        // opened (`stat` answers `Busy`; an older backend `NotFound`): removing it again finishes
+        // that removal (not-found ignored; `Busy` while the crashed client's watch times out is
+        // retried with backoff), so nothing is left behind.
+        Err(RbdError::NotFound(_)) | Err(RbdError::Busy(_)) => {
+            ignore_not_found(ctx.backend.remove_image(&name).await)?;
+            None
+        }
         Err(e) => return Err(e.into()),
     };
     if let Some(info) = info {
@@ -50,15 +61,24 @@ pub(super) async fn delete(ctx: &Arc<Ctx>, img: Image) -> Result<Action> {
         let mut waiting = false;
         for s in &info.snapshots {
             let rec = get_opt(&ctx.snapshots, &s.name).await?;
+            // A snapshot being deleted that is still `Ready` may be kept for restores that
+            // have not cloned it yet (its own deletion path waits for them): it is re-homed like
+            // a live one, never removed under them.
             let live = rec.as_ref().is_some_and(|r| {
-                !r.metadata.is_deleted()
+                let restorable = matches!(
+                    r.status.state,
+                    SnapshotState::Ready | SnapshotState::Populated
+                );
+                (!r.metadata.is_deleted() || restorable)
                     && r.status.state != SnapshotState::Failed
                     && r.source.volume_image_id == id
             });
             if !live {
                 continue;
             }
-            if !ensure_rehome_image(ctx, &img, &s.name, s.size).await? {
+            // The size the volume's guest saw: the re-home image gets its own header on top.
+            let size = s.size.saturating_sub(img.status.header_size);
+            if !ensure_rehome_image(ctx, &img, &s.name, size).await? {
                 waiting = true;
             }
             rehome.push(s.name.clone());
@@ -127,6 +147,40 @@ pub(super) async fn delete(ctx: &Arc<Ctx>, img: Image) -> Result<Action> {
     }
     info!(image = %id, "deleted");
     Ok(Action::Done)
+}
+
+/// Deleting an OS volume whose OS snapshot is still `Pending`/`Populating` and that no other
+/// live volume waits for: the snapshot is deleted, which cancels its populate (nobody would use
+/// the copy; the next volume of that image resolves and populates again).
+async fn release_os_snapshot(ctx: &Ctx, img: &Image) -> Result<()> {
+    let (false, Some(sid)) = (img.spec.image.is_empty(), img.spec.snapshot_ref.as_deref()) else {
+        return Ok(());
+    };
+    let Some(snap) = get_opt(&ctx.snapshots, sid).await? else {
+        return Ok(());
+    };
+    let populating = matches!(
+        snap.status.state,
+        SnapshotState::Pending | SnapshotState::Populating
+    );
+    if snap.metadata.is_deleted() || snap.source.ironcore_image.is_empty() || !populating {
+        return Ok(());
+    }
+    let opts = ListOptions::default().field(FIELD_SNAPSHOT_REF, sid);
+    let others = ctx
+        .images
+        .list(&opts)
+        .await?
+        .into_iter()
+        .any(|i| i.metadata.id != img.metadata.id && !i.metadata.is_deleted());
+    if others {
+        return Ok(());
+    }
+    info!(image = %img.metadata.id, snapshot = sid, "no volume waits for the populate any more: cancelling it");
+    match ctx.snapshots.delete(sid).await {
+        Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Makes sure the internal image for re-homing snapshot `sid` of `parent` exists in the store and

@@ -1,18 +1,20 @@
 //! The `Filling` state's op "fill" (`image:<id>`, class `fill`, on the runner): an encrypted
 //! restore of plain data (an OS image, or a snapshot of an unencrypted volume) cannot be a clone,
 //! because Ceph Pacific cannot LUKS-format a clone. The op removes a partial `img_<id>`, creates
-//! it empty, LUKS2-formats it (within `format_timeout`) and copies the snapshot's data through
+//! it empty with the header on top (`round(size) + headerSize`, so the snapshot's data fits
+//! whenever the volume is as large as the snapshot), LUKS2-formats it (within `format_timeout`) and copies the snapshot's data through
 //! the encryption layer (watched by the stall watchdog); success → `Pending` with
 //! `status.encryption` set (provisioning continues in `provision.rs`); a failure that cannot
 //! change at the same size → `Error`, marked so it is not retried until the volume is resized.
 
 use std::sync::Arc;
 
-use rbd::{Passphrase, RbdError, WriteOptions};
+use rbd::{Passphrase, RbdError, WriteOptions, LUKS2_HEADER_SIZE};
 use store::{Image, ImageState, Snapshot, ENCRYPTION_HEADER_SET};
 use tracing::debug;
 
 use super::encryption::{passphrase, size_marker};
+use super::provision::rbd_size;
 use crate::ctx::{get_opt, ignore_not_found, modify, Action, Ctx, OpEnv};
 use crate::events::{action, reason, EventType};
 use crate::status::{persist_progress, set_image_error};
@@ -34,11 +36,28 @@ pub(super) async fn start_fill(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
 
 /// Op "fill" (`image:<id>`): builds an encrypted `img_<id>` holding the snapshot's data.
 async fn fill(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
-    let Some(img) = get_opt(&ctx.images, &id).await? else {
+    let Some(mut img) = get_opt(&ctx.images, &id).await? else {
         return Ok(());
     };
     if img.metadata.is_deleted() || img.status.state != ImageState::Filling {
         return Ok(());
+    }
+    if img.status.header_size == 0 {
+        // Started by an older version (header inside the size): the image is made again
+        // below, so it gets the header on top like every new encrypted volume.
+        match modify(&ctx.images, &id, |i: &mut Image| {
+            let applies = !i.metadata.is_deleted() && i.status.state == ImageState::Filling;
+            if !applies || i.status.header_size != 0 {
+                return false;
+            }
+            i.status.header_size = LUKS2_HEADER_SIZE;
+            true
+        })
+        .await?
+        {
+            Some(i) => img = i,
+            None => return Ok(()),
+        }
     }
     let marker = size_marker(round_size(img.spec.size));
     let fail = |msg: String| {
@@ -73,9 +92,7 @@ async fn fill(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
     let name = volume_image_name(&id);
     // A partial image of an interrupted run (or of this run, on failure) is never kept.
     ignore_not_found(ctx.backend.remove_image(&name).await)?;
-    ctx.backend
-        .create_image(&name, round_size(img.spec.size))
-        .await?;
+    ctx.backend.create_image(&name, rbd_size(&img)).await?;
     let result = copy_encrypted(&ctx, &img, &snap, &parent, &psnap, &pass, &env).await;
     match result {
         Ok(()) => {}

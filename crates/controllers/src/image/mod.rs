@@ -2,7 +2,8 @@
 //! provisioning, resizing, access data and the deletion of volumes, including re-homing their
 //! snapshots; the long steps run on the runner under the key `image:<id>`. It touches Snapshot
 //! objects only to create an OS image's snapshot, to mark one `Failed` whose rbd snapshot vanished
-//! (the shared write in `status.rs`) and to repoint re-homed ones; it does not depend on the
+//! (the shared write in `status.rs`), to repoint re-homed ones and to delete an OS image's
+//! snapshot whose populate no volume waits for any more; it does not depend on the
 //! snapshot reconciler.
 //!
 //! # Phases (one file each)
@@ -24,24 +25,30 @@
 //! |---|---|---|
 //! | any | `deletedAt` set | deletion path (step table in `delete.rs`) |
 //! | any | finalizer `image` missing | finalizer added, pass continues |
+//! | `Available`, or `Error` with access data (*provisioned*) | rbd image answers not found and the pool's image list confirms it is gone | `Error` "volume data lost: … vanished" + one Warning `ImageVanished`; never provisioned again (only deletion); a not-found the list contradicts fails the pass (retried with backoff) |
+//! | provisioned | rbd image exists | the `Available` rows below; an `Error` one (image back after a transient error, a refused resize asked again at a new size) → `Available` |
 //! | `Pending` (any state but `Error`, `Available`, `Resolving`) | `spec.image` set, no `spec.snapshotRef` | `Resolving`, op "resolve" submitted |
 //! | `Resolving` | (pass) | op "resolve" (re)submitted: a restart resumes here; the runner deduplicates |
 //! | `Error` | `spec.image` set, no `spec.snapshotRef`; no terminal resolve failure within `resync_period` (in memory) | op "resolve" submitted, state stays `Error` |
 //! | `Error` | same, terminal resolve failure within `resync_period` | unchanged (the next resync after it tries again) |
 //! | `Resolving`, `Error` | *(op "resolve" [populate])* resolved within `resolve_timeout` | OS snapshot object `<digest>` created if missing, `spec.snapshotRef = <digest>`, → `Pending` |
+//! | `Resolving`, `Error` | *(op)* the snapshot `<digest>` is being deleted (unused, garbage-collected) | retryable failure: resolved again once it is gone (a new one is populated) |
 //! | `Resolving`, `Error` | *(op)* terminal failure (not found, no platform, malformed …) | `Error` + Warning (`NoPlatformMatch` / `ResolveImageFailed`, once per message) |
 //! | `Resolving` | *(op)* retryable failure (registry unavailable, `resolve_timeout` passed) | `status.message` = `retrying: …`; op fails → retried with backoff |
-//! | `Pending`, `Error` | no rbd image, no snapshot ref | create empty `img_<id>` of `round(size)` → provisioning steps → `Available` |
-//! | `Pending`, `Error` | no rbd image, snapshot ref: snapshot not `Ready` yet / being deleted | unchanged; the snapshot's events requeue the image |
-//! | `Pending`, `Error` | snapshot missing (user restore) / `Failed` / larger than `round(size)` / rbd snapshot vanished / encrypted snapshot restored without encryption | `Error` + Warning, message says why (re-checked every pass: expanding the volume clears "too small") |
+//! | `Pending`, `Error` | no rbd image, no snapshot ref | encrypted: `status.headerSize = 16 MiB` written first; create empty `img_<id>` of `round(size) + headerSize` → provisioning steps → `Available` |
+//! | `Pending`, `Error` | the backend refuses the create for good (`InvalidArgument`, `Unsupported`) | `Error` + one Warning `EmptyImageCreationFailed`, marked with the size: not retried until the size changes |
+//! | `Pending`, `Error` | no rbd image, snapshot ref: snapshot not `Ready` yet, or being deleted and no longer `Ready` | unchanged; the snapshot's events requeue the image |
+//! | `Pending`, `Error` | snapshot being deleted but still `Ready`, a user restore | restored from it (the snapshot's deletion waits for this restore) |
+//! | `Pending`, `Error` | OS volume whose snapshot is being deleted | `spec.snapshotRef` cleared (resolved again once it is gone) |
+//! | `Pending`, `Error` | internal re-home image whose snapshot is gone | deleted |
+//! | `Pending`, `Error` | snapshot missing (user restore) / `Failed` / larger than `round(size)` (sizes are the guest's) / rbd snapshot definitely gone / encrypted snapshot restored without encryption | `Error` + Warning, message says why (re-checked every pass: expanding the volume clears "too small"); a rbd snapshot gone because the snapshot was re-homed meanwhile is looked up again instead |
 //! | `Pending`, `Error` | OS volume whose snapshot object vanished | `spec.snapshotRef` cleared (re-resolve) |
-//! | `Pending`, `Error` | source and volume both unencrypted, or both encrypted | clone `parent@snap` (an encrypted source's LUKS header is inherited: `status.encryption` is set **before** the clone), grow to `round(size)` → provisioning steps → `Available` |
-//! | `Pending`, `Error` | unencrypted source, encrypted volume smaller than snapshot + LUKS2 header (16 MiB) | `Error` (expanding the volume lets it continue) |
+//! | `Pending`, `Error` | source and volume both unencrypted, or both encrypted | clone `parent@snap` (an encrypted source's LUKS header is inherited: `status.encryption` and `headerSize` are set **before** the clone) → provisioning steps (grown to `round(size) + headerSize`) → `Available` |
 //! | `Pending`, `Error` | unencrypted source, encrypted volume; no KEK configured | `Error` |
-//! | `Pending`, `Error` | unencrypted source, encrypted volume | `Filling`, op "fill" submitted (Pacific cannot LUKS-format a clone) |
+//! | `Pending`, `Error` | unencrypted source, encrypted volume | `Filling` with `headerSize = 16 MiB`, op "fill" submitted (Pacific cannot LUKS-format a clone) |
 //! | `Filling` | (pass) | op "fill" (re)submitted |
-//! | `Filling` | *(op "fill" [fill])* | removes a partial `img_<id>`, creates it empty, LUKS2-formats it (`format_timeout`), copies `parent@snap` through the encryption layer (`status.progress` ≈ 1/s, stall watchdog); success → `Pending` with `status.encryption` set; terminal failure (data does not fit, format unsupported, snapshot vanished) → `Error`, not retried at the same size; other failures remove the partial image and retry with backoff |
-//! | `Pending`, `Error` | rbd image exists (resume) | provisioning steps: `wwn` metadata; if the volume is encrypted and its header not set: the row below; then `conf_<limit>` metadata (one event), access data → `Available` |
+//! | `Filling` | *(op "fill" [fill])* | removes a partial `img_<id>`, creates it empty (`round(size) + headerSize`; an older `Filling` record without `headerSize` gets it first), LUKS2-formats it (`format_timeout`), copies `parent@snap` through the encryption layer (`status.progress` ≈ 1/s, stall watchdog); success → `Pending` with `status.encryption` set; terminal failure (data does not fit, format unsupported, snapshot vanished) → `Error`, not retried at the same size; other failures remove the partial image and retry with backoff |
+//! | `Pending`, `Error` | rbd image exists (resume) | provisioning steps: `wwn` metadata; image grown to `round(size) + headerSize` (a refusal for good: `Error` + one Warning `UpdateImageSizeFailed`, not retried at that size); if the volume is encrypted and its header not set: the row below; then `conf_<limit>` metadata (one event), access data → `Available` |
 //! | `Pending`, `Error` | header needed; no KEK, passphrase undecryptable, or the image is a clone | `Error` + Warning (re-checked every pass: configuring the KEK lets it continue) |
 //! | `Error` | header needed; the format was refused for good at this `round(size)` | unchanged (a new size tries again) |
 //! | `Pending`, `Error` | header needed | `Formatting`, op "format" submitted |
@@ -51,10 +58,14 @@
 //! | `Formatting` | *(op)* no KEK / passphrase undecryptable / a clone | `Error` + Warning |
 //! | `Formatting` | *(op)* the backend refuses the format (unsupported, invalid) | `Error` + Warning, marked with the size |
 //! | `Formatting` | *(op)* retryable failure, `format_timeout` passed, or an earlier format of the image still running in the background | Warning, `status.message` = `retrying: …`; op fails → retried with backoff |
-//! | `Available` | rbd image exists, `round(size)` > rbd size | resize, `status.size` updated, Normal `UpdatedImageSizeSucceeded` |
-//! | `Available` | `round(size)` < rbd size | stays `Available` (data intact), `status.message` = shrink refused, Warning `UpdateImageSizeFailed` once |
+//! | `Available` | rbd image exists, `round(size)` > rbd size − `headerSize` | resize to `round(size) + headerSize`, `status.size` updated, Normal `UpdatedImageSizeSucceeded`; a transient failure: Warning `UpdateImageSizeFailed` (once while it repeats), retried with backoff |
+//! | `Available` | the backend refuses the resize for good (`InvalidArgument`, `Unsupported`) | `Error` + one Warning `UpdateImageSizeFailed`, data and size kept, marked with the size: not retried until the size changes |
+//! | `Available` | resize answers not found | as a vanished image (first rows) |
+//! | `Available` | `round(size)` < rbd size − `headerSize` | stays `Available` (data intact), `status.message` = shrink refused, Warning `UpdateImageSizeFailed` once |
 //! | `Available` | monitors/user/key differ from the configuration | access data refreshed |
-//! | `Available` | rbd image vanished | `Error` (never silently re-created: an empty image in its place would hide the data loss) |
+//!
+//! Events repeat only when something changed: an event identical to the last one recorded about
+//! the same object is not recorded again (`Ctx::record`).
 //!
 //! Provisioning failures that are retryable leave the state alone and retry with backoff; terminal
 //! ones (no KEK, undecryptable passphrase, encryption unsupported by the backend) set `Error`.
@@ -68,7 +79,7 @@ use std::sync::Arc;
 
 use rbd::RbdError;
 use store::keys::IMAGE_FINALIZER;
-use store::ImageState;
+use store::{Image, ImageState};
 
 use crate::ctx::{get_opt, Action, Ctx};
 use crate::events::{action, reason};
@@ -92,6 +103,7 @@ use resolve::{needs_resolve, resolve};
 /// One reconcile pass of image `id`.
 pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
     let Some(mut img) = get_opt(&ctx.images, id).await? else {
+        ctx.forget(id);
         return Ok(Action::Done);
     };
     if img.metadata.is_deleted() {
@@ -100,8 +112,9 @@ pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
     if img.metadata.add_finalizer(IMAGE_FINALIZER) {
         img = ctx.images.update(&img).await?;
     }
-    // An `Available` volume is provisioned: a missing reference (Go records) changes nothing.
-    if needs_resolve(&img) && img.status.state != ImageState::Available {
+    // A provisioned volume is never resolved again: a missing reference (Go records) changes
+    // nothing.
+    if needs_resolve(&img) && !provisioned(&img) {
         return resolve(ctx, img).await;
     }
     let name = volume_image_name(id);
@@ -110,19 +123,15 @@ pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
         Err(RbdError::NotFound(_)) => None,
         Err(e) => return Err(e.into()),
     };
+    if provisioned(&img) {
+        // Never provisioned again: its image holds the guest's data, and an empty one in its
+        // place would hide the loss.
+        return match info {
+            Some(info) => available(ctx, img, info).await,
+            None => lost(ctx, img, &name).await,
+        };
+    }
     match (&img.status.state, info) {
-        (ImageState::Available, Some(info)) => return available(ctx, img, info).await,
-        (ImageState::Available, None) => {
-            let msg = format!("rbd image {name} vanished");
-            return set_image_error(
-                ctx,
-                img,
-                reason::IMAGE_VANISHED,
-                action::PROVISION_IMAGE,
-                msg,
-            )
-            .await;
-        }
         (ImageState::Filling, _) => return start_fill(ctx, &img.metadata.id).await,
         (ImageState::Formatting, Some(_)) => return start_format(ctx, &img.metadata.id).await,
         (_, None) => match create(ctx, img).await? {
@@ -132,4 +141,45 @@ pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
         (_, Some(_)) => {}
     }
     finish(ctx, img).await
+}
+
+/// Whether the volume has been provisioned: it is `Available`, or in `Error` with access data
+/// (only the step to `Available` writes access data and nothing removes it, so an `Error` volume
+/// with access data was `Available` before: its image vanished or a resize was refused).
+pub(crate) fn provisioned(img: &Image) -> bool {
+    match img.status.state {
+        ImageState::Available => true,
+        ImageState::Error => img.status.access.is_some(),
+        _ => false,
+    }
+}
+
+/// Start of `status.message` of a provisioned volume whose rbd image is gone for good.
+pub(crate) const IMAGE_LOST: &str = "volume data lost";
+
+/// A provisioned volume whose rbd image answered `NotFound`: `Error` for good once the pool's
+/// image list confirms the image is gone (one Warning `ImageVanished`); a transient answer (the
+/// image is still listed) fails the pass, which is retried with backoff.
+pub(super) async fn lost(ctx: &Arc<Ctx>, img: Image, name: &str) -> Result<Action> {
+    if img.status.state == ImageState::Error && img.status.message.starts_with(IMAGE_LOST) {
+        return Ok(Action::Done);
+    }
+    if !ctx.image_gone(name).await? {
+        return Err(RbdError::Transient(format!(
+            "{name} answered not found but the pool still lists it"
+        ))
+        .into());
+    }
+    let msg = format!(
+        "{IMAGE_LOST}: rbd image {name} vanished; it is not re-created (an empty image would \
+         hide the loss); delete the volume"
+    );
+    set_image_error(
+        ctx,
+        img,
+        reason::IMAGE_VANISHED,
+        action::PROVISION_IMAGE,
+        msg,
+    )
+    .await
 }

@@ -97,7 +97,17 @@ async fn resolve_op(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
         }
     };
     let digest = resolved.digest.clone();
-    if get_opt(&ctx.snapshots, &digest).await?.is_none() {
+    let existing = get_opt(&ctx.snapshots, &digest).await?;
+    if existing.as_ref().is_some_and(|s| s.metadata.is_deleted()) {
+        // Removed as unused a moment ago: resolve again once it is gone (a new one is made).
+        let msg = format!("OS image snapshot {digest} is being removed");
+        note_retry(&ctx, &id, &msg).await;
+        return Err(crate::ControllerError::Op {
+            key: image_key(&id),
+            reason: msg,
+        });
+    }
+    if existing.is_none() {
         let mut snap = Snapshot::new(
             digest.clone(),
             SnapshotSource {

@@ -14,11 +14,17 @@ use rbd::{
     ProgressFn, Result, SnapshotInfo, WriteOptions,
 };
 
-/// The slow calls seen, and those made on a reconcile worker (the violations).
+/// A test's interception of `is_snapshot_protected(image, snap)`: runs before the call and may
+/// answer instead of the backend (a race staged at an exact point of a pass).
+pub type ProtectedHook = Box<dyn FnMut(&str, &str) -> Option<Result<bool>> + Send>;
+
+/// The slow calls seen, and those made on a reconcile worker (the violations). Also carries the
+/// test's [`ProtectedHook`], if any.
 #[derive(Default)]
 pub struct SlowCalls {
     seen: Mutex<u64>,
     violations: Mutex<Vec<String>>,
+    hook: Mutex<Option<ProtectedHook>>,
 }
 
 impl SlowCalls {
@@ -31,6 +37,19 @@ impl SlowCalls {
                 .unwrap()
                 .push(format!("{kind}({what})"));
         }
+    }
+
+    /// Installs the hook of `is_snapshot_protected`.
+    pub fn on_is_protected(&self, hook: ProtectedHook) {
+        *self.hook.lock().unwrap() = Some(hook);
+    }
+
+    fn intercept(&self, image: &str, snap: &str) -> Option<Result<bool>> {
+        self.hook
+            .lock()
+            .unwrap()
+            .as_mut()
+            .and_then(|h| h(image, snap))
     }
 
     /// How many slow calls were made at all.
@@ -91,6 +110,9 @@ impl<B: BlockBackend> BlockBackend for GuardedBackend<B> {
         self.inner.unprotect_snapshot(image, snap).await
     }
     async fn is_snapshot_protected(&self, image: &str, snap: &str) -> Result<bool> {
+        if let Some(answer) = self.slow.intercept(image, snap) {
+            return answer;
+        }
         self.inner.is_snapshot_protected(image, snap).await
     }
     async fn remove_snapshot(&self, image: &str, snap: &str) -> Result<()> {

@@ -300,6 +300,9 @@ pub fn test_config() -> ControllerConfig {
         populate_queue_depth: 2,
         max_backoff: Duration::from_secs(2),
         busy_backoff: Duration::from_millis(500),
+        // Unused OS images are kept unless a test asks for their removal: a pending removal
+        // keeps the queues busy for its grace period, and `settle` waits for idle queues.
+        os_image_gc_grace: Duration::ZERO,
         ..ControllerConfig::default()
     }
 }

@@ -290,6 +290,68 @@ pub(super) async fn flatten_detaches_the_clone_and_keeps_its_content(
     cleanup(b, ns).await;
 }
 
+/// `flatten_child` of a child as `list_children` reports it flattens it in its own pool, like
+/// `flatten`, and releases the parent snapshot.
+pub(super) async fn flatten_child_flattens_a_listed_child_where_it_lives(
+    b: &dyn BlockBackend,
+    ns: &str,
+) {
+    cleanup(b, ns).await;
+    let (parent, at_snap) = parent_with_protected_snapshot(b, ns).await;
+    let child = name(ns, "child");
+    b.clone_image(&parent, "s1", &child).await.expect("clone");
+    let listed = b
+        .list_children(&parent, Some("s1"))
+        .await
+        .expect("children");
+    assert_eq!(listed, children(b, &[&child]));
+    b.flatten_child(&listed[0], no_progress(), CancellationToken::new())
+        .await
+        .expect("flatten_child");
+    assert_eq!(b.stat(&child).await.expect("stat").parent, None);
+    assert_eq!(read_all(b, &child, None).await, at_snap);
+    assert!(b
+        .list_children(&parent, Some("s1"))
+        .await
+        .expect("children")
+        .is_empty());
+    b.unprotect_snapshot(&parent, "s1")
+        .await
+        .expect("unprotect once the only child is flattened");
+    cleanup(b, ns).await;
+}
+
+/// `flatten_child` of a child in another pool never flattens the same-named image of this pool:
+/// it fails (`NotFound` when that pool does not exist, `Unsupported` on a backend with one pool)
+/// and this pool's clone stays a clone.
+pub(super) async fn flatten_child_of_another_pool_leaves_this_pool_alone(
+    b: &dyn BlockBackend,
+    ns: &str,
+) {
+    cleanup(b, ns).await;
+    let (parent, _) = parent_with_protected_snapshot(b, ns).await;
+    let child = name(ns, "child");
+    b.clone_image(&parent, "s1", &child).await.expect("clone");
+    let elsewhere = rbd::ChildRef {
+        pool: format!("{}-other-{ns}", b.pool()),
+        image: child.clone(),
+    };
+    match b
+        .flatten_child(&elsewhere, no_progress(), CancellationToken::new())
+        .await
+    {
+        Err(RbdError::NotFound(_) | RbdError::Unsupported(_)) => {}
+        other => panic!("flatten_child in a pool that does not exist gave {other:?}"),
+    }
+    let parent_spec = b.stat(&child).await.expect("stat").parent;
+    assert_eq!(
+        parent_spec.map(|p| (p.image, p.snapshot)),
+        Some((parent.clone(), "s1".to_string())),
+        "the clone of this pool is untouched"
+    );
+    cleanup(b, ns).await;
+}
+
 /// A flattened clone keeps its bytes after the parent snapshot and image are gone.
 pub(super) async fn flattened_clone_keeps_data_after_parent_removed(
     b: &dyn BlockBackend,

@@ -69,6 +69,16 @@ pub(super) async fn operations_on_a_missing_image_are_not_found(b: &dyn BlockBac
         NotFound,
         "flatten"
     );
+    let child = rbd::ChildRef {
+        pool: b.pool().to_string(),
+        image: img.clone(),
+    };
+    assert_err!(
+        b.flatten_child(&child, no_progress(), CancellationToken::new())
+            .await,
+        NotFound,
+        "flatten_child"
+    );
     assert_err!(b.read(&img, None, 0, 1).await, NotFound, "read");
     assert_err!(
         b.read_stream(&img, None, 4096).await,

@@ -140,6 +140,8 @@ pub fn rules() -> Vec<Rule> {
         rule!(clones::snapshot_of_a_clone_reads_like_the_clone),
         rule!(clones::shrinking_a_clone_hides_parent_data_beyond_the_new_size),
         rule!(clones::cancelled_flatten_leaves_clone_intact),
+        rule!(clones::flatten_child_flattens_a_listed_child_where_it_lives),
+        rule!(clones::flatten_child_of_another_pool_leaves_this_pool_alone),
         rule!(metadata::metadata_is_set_listed_and_read_back),
         rule!(data::read_stream_returns_the_whole_image_or_snapshot),
         rule!(data::write_stream_writes_from_offset_zero_and_reports_progress_in_bytes),

@@ -1,4 +1,5 @@
-//! The in-memory pool: images, snapshots and their sparse, chunked, copy-on-write data.
+//! The in-memory pool: images, snapshots and their sparse, chunked, copy-on-write data, plus the
+//! images of other pools that are clones of this pool's snapshots.
 //!
 //! Invariants (kept by every mutation here):
 //! * a stored chunk is exactly `chunk_size` bytes; no chunk is stored at or beyond the content's
@@ -51,6 +52,8 @@ pub(crate) struct Image {
     pub metadata: BTreeMap<String, String>,
     /// Passphrase of the (modelled) LUKS2 format, inherited by clones of its snapshots.
     pub encryption: Option<Passphrase>,
+    /// Half-removed: a removal was interrupted. Listed, but every lookup by name misses it.
+    pub removing: bool,
 }
 
 #[derive(Debug)]
@@ -58,6 +61,9 @@ pub(crate) struct State {
     pub pool: String,
     pub chunk_size: u64,
     pub images: BTreeMap<String, Image>,
+    /// Images of other pools by pool name: clones of this pool's snapshots only (their parents
+    /// always resolve in `images`).
+    pub other_pools: BTreeMap<String, BTreeMap<String, Image>>,
     next_id: u64,
 }
 
@@ -91,18 +97,64 @@ impl State {
             pool,
             chunk_size,
             images: BTreeMap::new(),
+            other_pools: BTreeMap::new(),
             next_id: 1,
         }
     }
 
+    /// An image of this pool; a half-removed one is `NotFound` (it cannot be opened).
     pub fn image(&self, name: &str) -> Result<&Image> {
-        self.images.get(name).ok_or_else(|| not_found_image(name))
+        self.images
+            .get(name)
+            .filter(|i| !i.removing)
+            .ok_or_else(|| not_found_image(name))
     }
 
     pub fn image_mut(&mut self, name: &str) -> Result<&mut Image> {
         self.images
             .get_mut(name)
+            .filter(|i| !i.removing)
             .ok_or_else(|| not_found_image(name))
+    }
+
+    /// The images of `pool` (this pool or another one); `NotFound` for a pool that does not exist.
+    pub fn pool_images(&self, pool: &str) -> Result<&BTreeMap<String, Image>> {
+        if pool == self.pool {
+            return Ok(&self.images);
+        }
+        self.other_pools
+            .get(pool)
+            .ok_or_else(|| RbdError::NotFound(format!("pool {pool}")))
+    }
+
+    fn pool_images_mut(&mut self, pool: &str) -> Result<&mut BTreeMap<String, Image>> {
+        if pool == self.pool {
+            return Ok(&mut self.images);
+        }
+        self.other_pools
+            .get_mut(pool)
+            .ok_or_else(|| RbdError::NotFound(format!("pool {pool}")))
+    }
+
+    /// An image of `pool` (see [`State::image`]).
+    pub fn image_in(&self, pool: &str, name: &str) -> Result<&Image> {
+        if pool == self.pool {
+            return self.image(name);
+        }
+        self.pool_images(pool)?
+            .get(name)
+            .filter(|i| !i.removing)
+            .ok_or_else(|| not_found_image(&format!("{pool}/{name}")))
+    }
+
+    pub fn image_in_mut(&mut self, pool: &str, name: &str) -> Result<&mut Image> {
+        if pool == self.pool {
+            return self.image_mut(name);
+        }
+        self.pool_images_mut(pool)?
+            .get_mut(name)
+            .filter(|i| !i.removing)
+            .ok_or_else(|| not_found_image(&format!("{pool}/{name}")))
     }
 
     pub fn snap(&self, image: &str, snap: &str) -> Result<&Snap> {
@@ -122,9 +174,22 @@ impl State {
     }
 
     pub fn insert_image(&mut self, name: &str, head: Content, metadata: BTreeMap<String, String>) {
+        let pool = self.pool.clone();
+        self.insert_image_in(&pool, name, head, metadata)
+            .expect("this pool always exists");
+    }
+
+    /// Inserts an image into `pool` (`NotFound` for a pool that does not exist).
+    pub fn insert_image_in(
+        &mut self,
+        pool: &str,
+        name: &str,
+        head: Content,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<()> {
         let id = self.next_id;
         self.next_id += 1;
-        self.images.insert(
+        self.pool_images_mut(pool)?.insert(
             name.to_string(),
             Image {
                 id,
@@ -132,8 +197,10 @@ impl State {
                 snapshots: Vec::new(),
                 metadata,
                 encryption: None,
+                removing: false,
             },
         );
+        Ok(())
     }
 
     /// Chunk `idx` as `content` reads it (through its parents), `None` when it reads as zeroes.
@@ -260,29 +327,56 @@ impl State {
         Ok(())
     }
 
-    /// Images whose head or one of whose snapshots reads through to `image@snap` (any snapshot of
-    /// `image` when `snap` is `None`), sorted. Flatten detaches the head and its snapshots together,
-    /// so in practice this is "images whose head is a clone of it".
+    /// Images of any pool whose head or one of whose snapshots reads through to `image@snap` (any
+    /// snapshot of `image` when `snap` is `None`), sorted. Flatten detaches the head and its
+    /// snapshots together, so in practice this is "images whose head is a clone of it".
+    /// Half-removed clones are left out (librbd lists them as in the trash), but they still hold
+    /// the parent snapshot: see [`State::has_children`].
     pub fn children(&self, image: &str, snap: Option<&str>) -> Vec<ChildRef> {
-        let matches = |link: &Option<Link>| {
+        let mut out: Vec<ChildRef> = self
+            .child_images(image, snap)
+            .filter(|(_, _, img)| !img.removing)
+            .map(|(pool, name, _)| ChildRef {
+                pool: pool.to_string(),
+                image: name.to_string(),
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Whether anything, half-removed clones included, reads through to `image@snap` (what
+    /// librbd checks before it unprotects or removes a snapshot).
+    pub fn has_children(&self, image: &str, snap: Option<&str>) -> bool {
+        self.child_images(image, snap).next().is_some()
+    }
+
+    fn child_images<'a>(
+        &'a self,
+        image: &'a str,
+        snap: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a str, &'a str, &'a Image)> + 'a {
+        let matches = move |link: &Option<Link>| {
             link.as_ref()
                 .is_some_and(|l| l.image == image && snap.is_none_or(|s| l.snap == s))
         };
-        self.images
-            .iter()
-            .filter(|(_, img)| {
+        std::iter::once((self.pool.as_str(), &self.images))
+            .chain(self.other_pools.iter().map(|(p, m)| (p.as_str(), m)))
+            .flat_map(|(pool, images)| images.iter().map(move |(n, i)| (pool, n.as_str(), i)))
+            .filter(move |(_, _, img)| {
                 matches(&img.head.parent)
                     || img.snapshots.iter().any(|s| matches(&s.content.parent))
             })
-            .map(|(name, _)| ChildRef {
-                pool: self.pool.clone(),
-                image: name.clone(),
-            })
-            .collect()
     }
 
     pub fn info(&self, name: &str) -> Result<ImageInfo> {
-        let img = self.image(name)?;
+        let pool = self.pool.clone();
+        self.info_in(&pool, name)
+    }
+
+    /// What `stat` reports about an image of `pool` (parents are always in this pool).
+    pub fn info_in(&self, pool: &str, name: &str) -> Result<ImageInfo> {
+        let img = self.image_in(pool, name)?;
         Ok(ImageInfo {
             name: name.to_string(),
             size: img.head.size,

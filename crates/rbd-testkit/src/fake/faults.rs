@@ -13,7 +13,7 @@ use rbd::RbdError;
 pub enum Op {
     /// `create_image`.
     CreateImage,
-    /// `stat` (and `image_exists`, which calls it).
+    /// `stat` and `image_exists`.
     Stat,
     /// `list_images`.
     ListImages,

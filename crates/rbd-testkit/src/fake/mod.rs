@@ -40,7 +40,19 @@
 //!   idempotent contract); librbd returns EBUSY/EINVAL.
 //! * `write_at`/`write_stream` beyond the image size fail with `InvalidArgument` and write nothing
 //!   for that request (librbd clips or fails per request).
-//! * No watchers, locks, features, clone v2/trash, namespaces, or other pools.
+//! * No watchers, locks, features, clone v2/trash or namespaces. Other pools exist only to hold
+//!   clones of this pool's snapshots (see below).
+//!
+//! # Other pools and interrupted removals
+//! [`MemoryBackend::add_pool`] and [`MemoryBackend::clone_to_pool`] put a clone of one of this
+//! pool's protected snapshots into another pool: `list_children` lists it with its pool,
+//! `flatten_child` flattens it there, and it holds its parent snapshot like any clone
+//! ([`MemoryBackend::stat_in_pool`], [`MemoryBackend::pool_images`] and
+//! [`MemoryBackend::remove_in_pool`] inspect and remove it). `flatten_child` of a child in a pool
+//! that does not exist is `NotFound`. [`MemoryBackend::interrupt_removal`] leaves an image
+//! half-removed as a crash during librbd's removal does: still listed (`image_exists` is true),
+//! `stat` fails with `Busy`, other calls by name with `NotFound`, `remove_image` finishes it; a
+//! half-removed clone still holds its parent snapshot but is no longer listed as a child.
 //!
 //! # Faults and latency
 //! Per [`Op`]: fail the next N calls ([`MemoryBackend::fail_next`]), fail with a probability from a
@@ -53,6 +65,7 @@
 
 mod data;
 mod faults;
+mod pools;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -62,9 +75,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use data::{chunk_count, not_found_image, to_usize, Chunk, Content, Link, Snap, State};
+use data::{not_found_image, to_usize, Chunk, Content, Link, Snap, State};
 use faults::Faults;
 pub use faults::Op;
+use pools::half_removed;
 use rbd::pipeline::pipelined_write;
 use rbd::{
     BlockBackend, ByteStream, CancellationToken, ChildRef, ImageInfo, Passphrase, PoolUsage,
@@ -418,7 +432,16 @@ impl BlockBackend for MemoryBackend {
 
     async fn stat(&self, name: &str) -> Result<ImageInfo> {
         self.enter(Op::Stat).await?;
-        self.state().info(name)
+        let st = self.state();
+        if st.images.get(name).is_some_and(|i| i.removing) {
+            return Err(half_removed(name));
+        }
+        st.info(name)
+    }
+
+    async fn image_exists(&self, name: &str) -> Result<bool> {
+        self.enter(Op::Stat).await?;
+        Ok(self.state().images.contains_key(name))
     }
 
     async fn list_images(&self) -> Result<Vec<String>> {
@@ -434,6 +457,11 @@ impl BlockBackend for MemoryBackend {
     async fn remove_image(&self, name: &str) -> Result<()> {
         self.enter(Op::Remove).await?;
         let mut st = self.state();
+        if st.images.get(name).is_some_and(|i| i.removing) {
+            // Finishes the interrupted removal.
+            st.images.remove(name);
+            return Ok(());
+        }
         let img = st.image(name)?;
         if !img.snapshots.is_empty() {
             return Err(RbdError::Busy(format!(
@@ -479,11 +507,16 @@ impl BlockBackend for MemoryBackend {
         self.enter(Op::Unprotect).await?;
         let mut st = self.state();
         st.snap(image, snap)?;
-        let children = st.children(image, Some(snap));
-        if !children.is_empty() {
+        if st.has_children(image, Some(snap)) {
+            // Half-removed clones count (librbd still has them registered) but are not listed.
+            let listed = st.children(image, Some(snap)).len();
             return Err(RbdError::Busy(format!(
-                "snapshot {image}@{snap} has {} child(ren)",
-                children.len()
+                "snapshot {image}@{snap} has {listed} child(ren){}",
+                if listed == 0 {
+                    " listed, and half-removed ones"
+                } else {
+                    ""
+                }
             )));
         }
         if let Some(s) = st
@@ -510,7 +543,7 @@ impl BlockBackend for MemoryBackend {
                 "snapshot {image}@{snap} is protected"
             )));
         }
-        if !st.children(image, Some(snap)).is_empty() {
+        if st.has_children(image, Some(snap)) {
             return Err(RbdError::Busy(format!(
                 "snapshot {image}@{snap} has children"
             )));
@@ -574,70 +607,19 @@ impl BlockBackend for MemoryBackend {
         cancel: CancellationToken,
     ) -> Result<()> {
         self.enter(Op::Flatten).await?;
-        let cs = self.inner.chunk_size;
-        let (id, parent_chunks, total) = {
-            let st = self.state();
-            let img = st.image(image)?;
-            let Some(link) = &img.head.parent else {
-                return Ok(());
-            };
-            let parent = st.snap(&link.image, &link.snap)?;
-            // Snapshots taken while the image was a clone are flattened too (as librbd's copy-up
-            // does); one of them may see more of the parent than the (shrunk) head.
-            let overlap = img
-                .snapshots
-                .iter()
-                .filter_map(|s| s.content.parent.as_ref())
-                .map(|l| l.overlap)
-                .fold(link.overlap, u64::max);
-            (
-                img.id,
-                st.resolve_all(&parent.content),
-                chunk_count(overlap, cs),
-            )
-        };
-        let faults = lock(&self.inner.faults).chunk_faults(Op::Flatten);
-        for idx in 0..total {
-            if cancel.is_cancelled() {
-                return Err(RbdError::Cancelled);
-            }
-            if let Some((after, err)) = &faults.fail_after {
-                if idx >= *after {
-                    return Err(err.clone());
-                }
-            }
-            if !faults.delay.is_zero() {
-                tokio::time::sleep(faults.delay).await;
-            }
-            {
-                let mut st = self.state();
-                let img = st.image_mut(image)?;
-                if img.id != id {
-                    return Err(not_found_image(image));
-                }
-                if img.head.parent.is_none() {
-                    // Flattened meanwhile by another call.
-                    return Ok(());
-                }
-                if let Some(chunk) = parent_chunks.get(&idx) {
-                    copy_up(img, idx, cs, chunk);
-                }
-            }
-            progress(idx + 1, total);
-        }
-        if cancel.is_cancelled() {
-            return Err(RbdError::Cancelled);
-        }
-        let mut st = self.state();
-        let img = st.image_mut(image)?;
-        if img.id != id {
-            return Err(not_found_image(image));
-        }
-        img.head.parent = None;
-        for s in &mut img.snapshots {
-            s.content.parent = None;
-        }
-        Ok(())
+        let pool = self.inner.pool.clone();
+        self.flatten_in(&pool, image, progress, cancel).await
+    }
+
+    async fn flatten_child(
+        &self,
+        child: &ChildRef,
+        progress: ProgressFn,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        self.enter(Op::Flatten).await?;
+        self.flatten_in(&child.pool, &child.image, progress, cancel)
+            .await
     }
 
     async fn read(&self, image: &str, snap: Option<&str>, offset: u64, len: u64) -> Result<Bytes> {

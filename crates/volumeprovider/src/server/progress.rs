@@ -69,6 +69,10 @@ impl VolumeServer {
             };
         } else if img.status.state == ImageState::Filling {
             out.phase = "copying data from the snapshot".to_string();
+        } else if img.status.state == ImageState::Formatting {
+            out.phase = "writing the LUKS2 header".to_string();
+        } else if img.status.state == ImageState::Resolving {
+            out.phase = format!("resolving OS image {}", img.spec.image);
         } else if img.status.state != ImageState::Available {
             match img.spec.snapshot_ref.as_deref() {
                 Some(sid) => match self.inner.snapshots.get(sid).await {

@@ -72,6 +72,12 @@ impl VolumeServer {
                     .await?;
             }
         }
+        validate::size_bound(
+            "volume.spec.resources.storage_bytes",
+            spec.size,
+            plan.passphrase.is_some() || encrypted(&spec),
+            cfg.max_volume_size,
+        )?;
         if let (Some(pass), DataSource::Empty | DataSource::Image { .. }) =
             (&plan.passphrase, &plan.source)
         {
@@ -286,6 +292,12 @@ impl VolumeServer {
                     "volume_id: volume {id} is being deleted"
                 )));
             }
+            validate::size_bound(
+                "resources.storage_bytes",
+                size,
+                encrypted(&img.spec),
+                self.inner.config.max_volume_size,
+            )?;
             if size <= img.spec.size {
                 return Err(validate::invalid(
                     "resources.storage_bytes",
@@ -331,4 +343,9 @@ impl VolumeServer {
             Err(e) => Err(store_err("volume", e)),
         }
     }
+}
+
+/// Whether the spec asks for an encrypted volume.
+fn encrypted(spec: &ImageSpec) -> bool {
+    matches!(&spec.encryption, Some(e) if e.encryption_type == EncryptionType::Encrypted)
 }

@@ -26,6 +26,8 @@ pub struct Harness {
     pub images: Store<Image>,
     pub snapshots: Store<Snapshot>,
     pub events: Arc<EventStore>,
+    /// The key/value backend under both stores (tests write raw records into it).
+    pub objects: Arc<dyn store::Backend>,
 }
 
 pub async fn harness_with(encryption_unsupported: Option<&str>) -> Harness {
@@ -33,7 +35,7 @@ pub async fn harness_with(encryption_unsupported: Option<&str>) -> Harness {
     let images = Store::<Image>::open(Arc::clone(&objects))
         .await
         .expect("image store");
-    let snapshots = Store::<Snapshot>::open(objects)
+    let snapshots = Store::<Snapshot>::open(Arc::clone(&objects))
         .await
         .expect("snapshot store");
     let block = rbd_testkit::fake::MemoryBackend::new("pool");
@@ -65,6 +67,7 @@ pub async fn harness_with(encryption_unsupported: Option<&str>) -> Harness {
             encryption_unsupported: encryption_unsupported.map(str::to_string),
             burst_factor: 10,
             burst_duration: 15,
+            max_volume_size: volumeprovider::validate::DEFAULT_MAX_VOLUME_SIZE,
         },
     });
     Harness {
@@ -72,6 +75,7 @@ pub async fn harness_with(encryption_unsupported: Option<&str>) -> Harness {
         images,
         snapshots,
         events,
+        objects,
     }
 }
 

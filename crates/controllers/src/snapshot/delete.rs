@@ -1,0 +1,214 @@
+//! The deletion path of a snapshot (`deletedAt` set; its table is in `mod.rs`) and its op
+//! "flatten" (`snapshot:<id>`, class `flatten`, on the runner).
+
+use std::sync::Arc;
+
+use rbd::RbdError;
+use store::keys::{IMAGE_FINALIZER, INTERNAL_LABEL, SNAPSHOT_FINALIZER};
+use store::{ImageState, ListOptions, Snapshot, SnapshotState, FIELD_SNAPSHOT_REF};
+use tracing::{debug, info, warn};
+
+use super::is_os;
+use super::populate::remove_os_image;
+use crate::ctx::{get_opt, ignore_not_found, modify, Action, Ctx, OpEnv};
+use crate::flatten::flatten_all;
+use crate::status::persist_progress;
+use crate::{snapshot_key, source_details, volume_image_name, OpClass, Result};
+
+/// Deletion path (see the module docs).
+pub(super) async fn delete(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action> {
+    if !snap.metadata.has_finalizer(SNAPSHOT_FINALIZER) {
+        return Ok(Action::Done);
+    }
+    let id = snap.metadata.id.clone();
+    let key = snapshot_key(&id);
+    let flattening = matches!(
+        snap.status.state,
+        SnapshotState::Flattening | SnapshotState::Flattened
+    );
+    if !flattening && ctx.op_active(&key) {
+        ctx.cancel_op(&key);
+        return Ok(Action::Wait);
+    }
+    if !flattening
+        && matches!(
+            snap.status.state,
+            SnapshotState::Ready | SnapshotState::Populated
+        )
+    {
+        let waiting = pending_restores(ctx, &id).await?;
+        if !waiting.is_empty() {
+            let note = format!(
+                "deletion waits until restore(s) {} have their data",
+                waiting.join(", ")
+            );
+            if snap.status.message != note {
+                snap.status.message = note;
+                ctx.snapshots.update(&snap).await?;
+            }
+            debug!(snapshot = %id, ?waiting, "deletion waits for restores");
+            return Ok(Action::Wait);
+        }
+    }
+    if snap.status.state != SnapshotState::Flattened {
+        if snap.status.state != SnapshotState::Flattening {
+            snap.status.state = SnapshotState::Flattening;
+            snap.status.progress = None;
+            snap.status.message = String::new();
+            ctx.snapshots.update(&snap).await?;
+        }
+        let owned = id.clone();
+        return ctx
+            .start_op(OpClass::Flatten, key, move |ctx, env| async move {
+                flatten(ctx, owned, env).await
+            })
+            .await;
+    }
+    // Cleanup.
+    if let Some((parent, psnap)) = source_details(&snap) {
+        match ctx.backend.unprotect_snapshot(&parent, &psnap).await {
+            Ok(()) | Err(RbdError::NotFound(_)) => {}
+            Err(RbdError::Busy(reason)) => {
+                // Children appeared after the flatten, or children no flatten reaches (in the
+                // rbd trash): flatten again, but after the key's failure backoff (the flatten is
+                // gated like a failed operation, so the write below cannot start a loop).
+                let delay = ctx.snapshot_queue.add_rate_limited(id.clone());
+                ctx.close_gate(&key, delay);
+                let msg = format!(
+                    "{parent}@{psnap} cannot be unprotected after its children were flattened \
+                     ({reason}): a new clone, or clones in the rbd trash; flattening again in \
+                     {delay:?}"
+                );
+                debug!(snapshot = %id, reason, ?delay, "unprotect refused, flattening again");
+                snap.status.state = SnapshotState::Flattening;
+                snap.status.message = msg;
+                ctx.snapshots.update(&snap).await?;
+                return Ok(Action::Wait);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        ignore_not_found(ctx.backend.remove_snapshot(&parent, &psnap).await)?;
+        if is_os(&snap) {
+            remove_os_image(ctx, &parent).await?;
+        }
+    }
+    remove_rehome_image(ctx, &snap).await?;
+    if snap.metadata.remove_finalizer(SNAPSHOT_FINALIZER) {
+        match ctx.snapshots.update(&snap).await {
+            Ok(_) | Err(store::StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    info!(snapshot = %id, "deleted");
+    Ok(Action::Done)
+}
+
+/// The restores of snapshot `id` that have not got its data yet: images that reference it, are
+/// not deleted, not internal re-home images and not OS volumes, and are `Filling` (copying from
+/// it) or `Pending` without their rbd image (the clone is still to be made).
+async fn pending_restores(ctx: &Ctx, id: &str) -> Result<Vec<String>> {
+    let opts = ListOptions::default().field(FIELD_SNAPSHOT_REF, id);
+    let mut waiting = Vec::new();
+    for img in ctx.images.list(&opts).await? {
+        if img.metadata.is_deleted()
+            || img.metadata.labels.contains_key(INTERNAL_LABEL)
+            || !img.spec.image.is_empty()
+        {
+            continue;
+        }
+        let needs = match img.status.state {
+            ImageState::Filling => true,
+            ImageState::Pending => {
+                !ctx.backend
+                    .image_exists(&volume_image_name(&img.metadata.id))
+                    .await?
+            }
+            _ => false,
+        };
+        if needs {
+            waiting.push(img.metadata.id);
+        }
+    }
+    Ok(waiting)
+}
+
+/// Removes the image `<id>` that held snapshot `id` after its volume was deleted: the one the
+/// snapshot lives on by the parent-name rule (`img_<id>`, a volume snapshot whose source is
+/// itself), or a record labelled internal (re-homing not finished). A record with our finalizer
+/// is deleted and its own reconciler removes `img_<id>`; without one (the Go provider re-homed
+/// onto `img_<id>` without a record, or with a record we do not finalize) the rbd image is
+/// removed here, unless it still holds other snapshots.
+async fn remove_rehome_image(ctx: &Ctx, snap: &Snapshot) -> Result<()> {
+    let id = &snap.metadata.id;
+    let rehomed_here = !is_os(snap) && snap.source.volume_image_id == *id;
+    let record = get_opt(&ctx.images, id).await?;
+    let internal = record
+        .as_ref()
+        .is_some_and(|r| r.metadata.labels.contains_key(INTERNAL_LABEL));
+    if !rehomed_here && !internal {
+        return Ok(());
+    }
+    let mut finalized = false;
+    if let Some(r) = &record {
+        finalized = r.metadata.has_finalizer(IMAGE_FINALIZER);
+        if !r.metadata.is_deleted() {
+            match ctx.images.delete(id).await {
+                Ok(()) | Err(store::StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if finalized || !rehomed_here {
+        return Ok(());
+    }
+    let name = volume_image_name(id);
+    match ctx.backend.list_snapshots(&name).await {
+        Ok(others) if !others.is_empty() => {
+            let names: Vec<&str> = others.iter().map(|s| s.name.as_str()).collect();
+            warn!(snapshot = %id, image = %name, ?names, "re-home image still holds snapshots; kept");
+        }
+        Ok(_) => {
+            ignore_not_found(ctx.backend.remove_image(&name).await)?;
+            info!(snapshot = %id, image = %name, "re-home image removed");
+        }
+        Err(RbdError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// Op "flatten" (`snapshot:<id>`, deletion path): flattens the children of the rbd snapshot →
+/// `Flattened`.
+async fn flatten(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
+    let Some(snap) = get_opt(&ctx.snapshots, &id).await? else {
+        return Ok(());
+    };
+    if !snap.metadata.is_deleted() || snap.status.state != SnapshotState::Flattening {
+        return Ok(());
+    }
+    if let Some((parent, psnap)) = source_details(&snap) {
+        flatten_all(
+            &ctx,
+            &snapshot_key(&id),
+            &parent,
+            Some(&psnap),
+            &env,
+            |d, t| {
+                let ctx = ctx.clone();
+                let id = id.clone();
+                async move { persist_progress(&ctx.snapshots, &id, d, t).await }
+            },
+        )
+        .await?;
+    }
+    modify(&ctx.snapshots, &id, |s: &mut Snapshot| {
+        if s.status.state != SnapshotState::Flattening {
+            return false;
+        }
+        s.status.state = SnapshotState::Flattened;
+        s.status.progress = None;
+        true
+    })
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! The `Populating` state's op "populate" (`snapshot:<id>`, class `populate`, on the runner): an
+//! OS image's rootfs written into `snap_<id>` and snapshotted as `v1` (rows `Populating` of the
+//! state table in `mod.rs`). Also owns the removal of an OS base image (`snap_<id>` and its
+//! `v1`), which the deletion path uses.
+
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use rbd::{ByteStream, RbdError, WriteOptions};
+use store::keys::ARCHITECTURE_LABEL;
+use store::{Snapshot, SnapshotState};
+use tracing::{debug, info, warn};
+
+use super::is_os;
+use crate::ctx::{get_opt, ignore_exists, ignore_not_found, modify, Action, Ctx, OpEnv};
+use crate::status::{mark_snapshot_failed, persist_progress};
+use crate::{
+    os_image_name, round_size, snapshot_key, ControllerError, OpClass, Result, OS_SNAPSHOT_NAME,
+};
+
+pub(super) async fn start_populate(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
+    let owned = id.to_string();
+    ctx.start_op(
+        OpClass::Populate,
+        snapshot_key(id),
+        move |ctx, env| async move { populate(ctx, owned, env).await },
+    )
+    .await
+}
+
+/// Re-reads the snapshot and tells whether the populate still applies to it.
+async fn populate_applies(ctx: &Ctx, id: &str) -> Result<Option<Snapshot>> {
+    Ok(get_opt(&ctx.snapshots, id).await?.filter(|s| {
+        !s.metadata.is_deleted() && s.status.state == SnapshotState::Populating && is_os(s)
+    }))
+}
+
+/// Sets `Ready` with digest and size if the populate still applies.
+async fn mark_populated(ctx: &Ctx, id: &str, size: u64) -> Result<()> {
+    modify(&ctx.snapshots, id, |s: &mut Snapshot| {
+        if s.metadata.is_deleted() || s.status.state != SnapshotState::Populating {
+            return false;
+        }
+        s.status.state = SnapshotState::Ready;
+        s.status.digest = s.metadata.id.clone();
+        s.status.size = i64::try_from(size).unwrap_or(i64::MAX);
+        s.status.progress = None;
+        s.status.message = String::new();
+        true
+    })
+    .await?;
+    info!(snapshot = id, size, "OS image populated");
+    Ok(())
+}
+
+/// Records why the last attempt failed (retryable failures; the state stays `Populating`).
+async fn note_retry(ctx: &Ctx, id: &str, message: &str) {
+    let res = modify(&ctx.snapshots, id, |s: &mut Snapshot| {
+        if s.metadata.is_deleted() || s.status.state != SnapshotState::Populating {
+            return false;
+        }
+        s.status.message = format!("retrying: {message}");
+        true
+    })
+    .await;
+    if let Err(e) = res {
+        debug!(snapshot = id, error = %e, "retry note not recorded");
+    }
+}
+
+/// Op "populate" (`snapshot:<id>`): writes the OS image's rootfs into `snap_<id>` and snapshots it
+/// as `v1`. A retryable failure fails the op (the runner completion retries it with backoff)
+/// instead of retrying inside the runner slot.
+pub(crate) async fn populate(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
+    let Some(snap) = populate_applies(&ctx, &id).await? else {
+        return Ok(());
+    };
+    let name = os_image_name(&id);
+    // A finished earlier run (v1 exists only after a complete, verified copy).
+    match ctx
+        .backend
+        .is_snapshot_protected(&name, OS_SNAPSHOT_NAME)
+        .await
+    {
+        Ok(protected) => {
+            if !protected {
+                ctx.backend
+                    .protect_snapshot(&name, OS_SNAPSHOT_NAME)
+                    .await?;
+            }
+            let size = ctx.backend.stat(&name).await?.size;
+            return mark_populated(&ctx, &id, size).await;
+        }
+        Err(RbdError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Whatever is left of an interrupted run goes first.
+    remove_os_image(&ctx, &name).await?;
+    let arch = snap.metadata.labels.get(ARCHITECTURE_LABEL).cloned();
+    let rootfs = match ctx
+        .open_rootfs(&snap.source.ironcore_image, arch.as_deref(), &env.token)
+        .await?
+    {
+        Ok(r) => r,
+        Err(e) if e.is_retryable() => {
+            note_retry(&ctx, &id, &e.to_string()).await;
+            return Err(e.into());
+        }
+        Err(e) => {
+            mark_snapshot_failed(
+                &ctx,
+                &id,
+                None,
+                &format!("opening {}: {e}", snap.source.ironcore_image),
+            )
+            .await?;
+            return Ok(());
+        }
+    };
+    if rootfs.manifest_digest != id {
+        let msg = format!(
+            "registry served manifest {} for {id}",
+            rootfs.manifest_digest
+        );
+        mark_snapshot_failed(&ctx, &id, None, &msg).await?;
+        return Ok(());
+    }
+    let size = round_size(rootfs.size);
+    ctx.backend.create_image(&name, size).await?;
+    // Remember a stream error (e.g. the digest check at its end) to classify the write failure.
+    let stream_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
+    let slot = stream_error.clone();
+    let data: ByteStream = Box::pin(rootfs.data.map(move |item| {
+        if let Err(e) = &item {
+            if let Ok(mut s) = slot.lock() {
+                *s = Some(std::io::Error::new(e.kind(), e.to_string()));
+            }
+        }
+        item
+    }));
+    let opts = WriteOptions {
+        chunk_size: ctx.cfg.chunk_size(),
+        queue_depth: ctx.cfg.populate_queue_depth.max(1),
+        skip_zeroes: true,
+        total_hint: rootfs.size,
+        passphrase: None,
+    };
+    let (cell, progress) = env.tracker();
+    let token = env.token.child_token();
+    let write = ctx
+        .backend
+        .write_stream(&name, data, opts, progress, token.clone());
+    let written = ctx
+        .drive(write, &cell, &token, |d, t| {
+            let ctx = ctx.clone();
+            let id = id.clone();
+            async move { persist_progress(&ctx.snapshots, &id, d, t).await }
+        })
+        .await;
+    let failure = match written {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some(RbdError::Transient(
+            "no progress; copy cancelled by the watchdog".into(),
+        )),
+    };
+    if let Some(e) = failure {
+        // Never leave a half-written base image behind.
+        if let Err(re) = remove_os_image(&ctx, &name).await {
+            warn!(snapshot = %id, error = %re, "removing the partial image failed");
+        }
+        let stream_err = stream_error.lock().ok().and_then(|mut s| s.take());
+        return match (e, stream_err) {
+            (RbdError::Cancelled, _) => Err(RbdError::Cancelled.into()),
+            (_, Some(se)) => {
+                // Download or digest failure: the next download may be intact.
+                let msg = format!("reading {}: {se}", snap.source.ironcore_image);
+                note_retry(&ctx, &id, &msg).await;
+                Err(ControllerError::Op {
+                    key: snapshot_key(&id),
+                    reason: msg,
+                })
+            }
+            (e, None) if e.is_retryable() => {
+                note_retry(&ctx, &id, &e.to_string()).await;
+                Err(e.into())
+            }
+            (e, None) => {
+                mark_snapshot_failed(&ctx, &id, None, &format!("writing {name}: {e}")).await?;
+                Ok(())
+            }
+        };
+    }
+    ignore_exists(ctx.backend.create_snapshot(&name, OS_SNAPSHOT_NAME).await)?;
+    ctx.backend
+        .protect_snapshot(&name, OS_SNAPSHOT_NAME)
+        .await?;
+    mark_populated(&ctx, &id, size).await
+}
+
+/// Removes `snap_<id>` and its `v1` (not-found ignored).
+pub(super) async fn remove_os_image(ctx: &Ctx, name: &str) -> Result<()> {
+    match ctx.backend.list_snapshots(name).await {
+        Ok(snaps) => {
+            for s in snaps {
+                ignore_not_found(ctx.backend.unprotect_snapshot(name, &s.name).await)?;
+                ignore_not_found(ctx.backend.remove_snapshot(name, &s.name).await)?;
+            }
+        }
+        Err(RbdError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    ignore_not_found(ctx.backend.remove_image(name).await)?;
+    Ok(())
+}
