@@ -8,8 +8,8 @@
 //! is in memory: the pool's omap collections may belong to another provider (the integration
 //! suites share the cluster), and the store is the same on both sides of every ratio.
 //!
-//! * **idle**: `creates` empty 1 GiB volumes created one by one (each waits for `Available`).
-//! * **loaded**: first `encrypted` encrypted empty 1 GiB volumes (real LUKS2 format by librbd:
+//! * **idle**: `creates` empty 256 MiB volumes created one by one (each waits for `Available`).
+//! * **loaded**: first `encrypted` encrypted empty 256 MiB volumes (real LUKS2 format by librbd:
 //!   argon2 key derivation, seconds of CPU and up to 1 GiB of memory each) and `registry`
 //!   OS-image volumes whose registry (a loopback listener) accepts and never answers are created
 //!   at once; once at least half of them are `Formatting` or `Resolving`, the same creates.
@@ -43,7 +43,8 @@ use super::world::{
 };
 use super::{Figure, Opts};
 
-const GIB: u64 = 1 << 30;
+/// Size of every volume the lines create (thin: nothing is written but LUKS2 headers).
+const SIZE: u64 = 256 << 20;
 
 struct Params {
     encrypted: usize,
@@ -111,8 +112,8 @@ pub fn run(opts: &Opts, rt: &tokio::runtime::Runtime, backend: &CephBackend) -> 
         x[x.len() / 2].as_secs_f64()
     };
     let setup = format!(
-        "{} empty 1 GiB volumes one by one on CephBackend (store in memory, daemon defaults); \
-         load: {} encrypted 1 GiB creates (librbd LUKS2 format) + {} OS-image volumes whose \
+        "{} empty 256 MiB volumes one by one on CephBackend (store in memory, daemon defaults); \
+         load: {} encrypted 256 MiB creates (librbd LUKS2 format) + {} OS-image volumes whose \
          registry accepts and never answers; medians of {} alternating runs",
         p.creates, p.encrypted, p.registry, p.rounds
     );
@@ -254,14 +255,14 @@ async fn measure(
     let mut started = 0;
     if load == Load::Both {
         for _ in 0..p.encrypted {
-            images.create(encrypted_volume(GIB)?).await?;
+            images.create(encrypted_volume(SIZE)?).await?;
         }
         started += p.encrypted;
     }
     if load != Load::Idle {
         for i in 0..p.registry {
             let reference = registry.reference(&format!("os-{i}"));
-            images.create(os_volume(GIB, &reference)).await?;
+            images.create(os_volume(SIZE, &reference)).await?;
         }
         started += p.registry;
         wait_until(images, "the load running", Duration::from_secs(120), |all| {
@@ -281,7 +282,7 @@ async fn measure(
     let clock = Clock::start(images)?;
     let deadline = Instant::now() + p.cap;
     for n in 1..=p.creates {
-        let vol = volume(GIB, None);
+        let vol = volume(SIZE, None);
         clock.begin(&vol.metadata.id);
         images.create(vol).await?;
         if !clock.wait_done(n, deadline).await {
