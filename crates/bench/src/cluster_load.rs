@@ -38,8 +38,8 @@ use volumeprovider::image_source::{OciImageSource, OciOptions};
 
 use super::niced::NicedFormat;
 use super::world::{
-    controller_config, encrypted_volume, os_volume, volume, wait_until, BlackHole, Clock,
-    Design, Provider, Samples,
+    controller_config, encrypted_volume, os_volume, volume, wait_until, BlackHole, Clock, Design,
+    Provider, Samples,
 };
 use super::{Figure, Opts};
 
@@ -90,7 +90,11 @@ struct Outcome {
     still: (usize, usize),
 }
 
-pub fn run(opts: &Opts, rt: &tokio::runtime::Runtime, backend: &CephBackend) -> Result<Vec<Figure>> {
+pub fn run(
+    opts: &Opts,
+    rt: &tokio::runtime::Runtime,
+    backend: &CephBackend,
+) -> Result<Vec<Figure>> {
     let p = Params::new(opts.quick);
     let sides = [
         (Load::Idle, false),
@@ -205,8 +209,8 @@ fn scenario(
 ) -> Result<Outcome> {
     let out = rt.block_on(async {
         let registry = BlackHole::start().await?;
-        let source = OciImageSource::new(OciOptions::default())
-            .map_err(|e| anyhow!("image source: {e}"))?;
+        let source =
+            OciImageSource::new(OciOptions::default()).map_err(|e| anyhow!("image source: {e}"))?;
         let mut cfg = controller_config(design)?;
         cfg.monitors = std::env::var("CEPH_MONITORS").unwrap_or_default();
         cfg.client = std::env::var("CEPH_CLIENT").unwrap_or_else(|_| "client.cephvol".into());
@@ -265,18 +269,23 @@ async fn measure(
             images.create(os_volume(SIZE, &reference)).await?;
         }
         started += p.registry;
-        wait_until(images, "the load running", Duration::from_secs(120), |all| {
-            let busy = all
-                .iter()
-                .filter(|i| {
-                    matches!(
-                        i.status.state,
-                        ImageState::Formatting | ImageState::Resolving
-                    )
-                })
-                .count();
-            busy >= started.div_ceil(2)
-        })
+        wait_until(
+            images,
+            "the load running",
+            Duration::from_secs(120),
+            |all| {
+                let busy = all
+                    .iter()
+                    .filter(|i| {
+                        matches!(
+                            i.status.state,
+                            ImageState::Formatting | ImageState::Resolving
+                        )
+                    })
+                    .count();
+                busy >= started.div_ceil(2)
+            },
+        )
         .await?;
     }
     let clock = Clock::start(images)?;

@@ -38,8 +38,8 @@ use store::{ImageState, Snapshot, SnapshotSource, SnapshotState};
 use volumeprovider::image_source::{OciImageSource, OciOptions};
 
 use super::world::{
-    controller_config, encrypted_volume, managed, os_volume, volume, wait_until, BlackHole,
-    Clock, Design, Provider, Samples, MIB,
+    controller_config, encrypted_volume, managed, os_volume, volume, wait_until, BlackHole, Clock,
+    Design, Provider, Samples, MIB,
 };
 use super::{Figure, Opts};
 
@@ -259,7 +259,11 @@ pub fn run(opts: &Opts, _rt: &tokio::runtime::Runtime) -> Result<Vec<Figure>> {
     for (i, load) in Load::LOADED.iter().enumerate() {
         let o = Outcome::median(&ours[i]);
         // The set-up once, in the first note.
-        let tail = if i == 0 { setup.as_str() } else { "set-up as above" };
+        let tail = if i == 0 {
+            setup.as_str()
+        } else {
+            "set-up as above"
+        };
         out.push(Figure {
             name: format!("responsiveness_p99_{}_vs_idle", load.name()),
             ours: ms(o.p99),
