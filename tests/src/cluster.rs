@@ -35,6 +35,49 @@ pub fn integration() -> bool {
     var("CEPHVOL_INTEGRATION").is_some_and(|v| v == "1")
 }
 
+/// Skips the test, unless `cargo xtask integration` runs it (`CEPHVOL_INTEGRATION=1`): there a
+/// missing prerequisite fails it.
+pub fn skip(reason: &str) {
+    assert!(
+        !integration(),
+        "CEPHVOL_INTEGRATION=1 but {reason}: the real-Ceph suite must not skip"
+    );
+    eprintln!("skipped: {reason}");
+}
+
+/// The daemon flags of the test cluster (`--backend=ceph`, monitors, pool, user, keyring), with a
+/// KEK written to `dir/kek`, and the pool; `None` (after [`skip`]) when the daemon is built without
+/// Ceph or the cluster environment is missing.
+pub fn daemon_flags(dir: &std::path::Path) -> Option<(Vec<String>, String)> {
+    if !cfg!(feature = "ceph") && std::env::var_os("CEPHVOL_BIN").is_none() {
+        skip("build with --features ceph (or set CEPHVOL_BIN)");
+        return None;
+    }
+    let (Some(monitors), Some(pool), Some(_conf)) =
+        (var("CEPH_MONITORS"), var("CEPH_POOL"), var("CEPH_CONF"))
+    else {
+        skip("CEPH_MONITORS/CEPH_POOL/CEPH_CONF not set (eval $(cargo xtask ceph env))");
+        return None;
+    };
+    let user = var("CEPH_USER").unwrap_or_else(|| "admin".into());
+    let client = var("CEPH_CLIENT").unwrap_or_else(|| format!("client.{user}"));
+    let keyring = var("CEPH_KEYRING")
+        .or_else(|| var("CEPH_USER_KEYRING"))
+        .expect("CEPH_KEYRING");
+    let kek = dir.join("kek");
+    std::fs::write(&kek, [0x6bu8; 32]).expect("kek");
+    let flags = vec![
+        "--backend=ceph".to_string(),
+        format!("--ceph-monitors={monitors}"),
+        format!("--ceph-pool={pool}"),
+        format!("--ceph-user={user}"),
+        format!("--ceph-client={client}"),
+        format!("--ceph-keyring-file={keyring}"),
+        format!("--ceph-kek-path={}", kek.display()),
+    ];
+    Some((flags, pool))
+}
+
 /// The `rbd`/`rados`/`ceph` CLIs on the test cluster (`CEPH_CONF`/`CEPH_KEYRING` from the env).
 #[derive(Clone)]
 pub struct Ceph {
@@ -427,6 +470,10 @@ impl Ceph {
     /// killed daemon's watches are blocklisted first, else `rbd rm` refuses for 30 s.
     pub fn purge_image(&self, image: &str) {
         if self.info(image).is_none() {
+            // Half-removed (listed, cannot be opened): `rbd rm` finishes the removal.
+            if self.images().contains(image) {
+                let _ = self.try_run("rbd", &["rm", "--no-progress", &self.spec(image)]);
+            }
             return;
         }
         let spec = self.spec(image);

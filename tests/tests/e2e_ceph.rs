@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use iri::volume_v1 as pb;
 use tests::cephvol_bin;
-use tests::cluster::{Ceph, Leftovers, SNAPSHOTS};
+use tests::cluster::{daemon_flags, skip, var, Ceph, Leftovers, SNAPSHOTS};
 use tests::daemon::{eventually, id_of, ops, restore_req, snapshot_req, volume_req, Daemon};
 
 const MIB: i64 = 1 << 20;
@@ -25,20 +25,6 @@ const MIB: i64 = 1 << 20;
 /// events there).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const PASSPHRASE: &str = "ceph-e2e-passphrase-7b1f";
-
-fn var(k: &str) -> Option<String> {
-    std::env::var(k).ok().filter(|v| !v.is_empty())
-}
-
-/// Skips the test, unless `cargo xtask integration` runs it (`CEPHVOL_INTEGRATION=1`): there a
-/// missing prerequisite fails it.
-fn skip(reason: &str) {
-    assert!(
-        var("CEPHVOL_INTEGRATION").as_deref() != Some("1"),
-        "CEPHVOL_INTEGRATION=1 but {reason}: the real-Ceph suite must not skip"
-    );
-    eprintln!("skipped: {reason}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Ceph cluster: cargo xtask integration"]
@@ -147,38 +133,6 @@ async fn the_daemon_provisions_volumes_on_a_real_ceph_cluster() {
     if let Some(k) = user_key {
         assert!(!logs.contains(&k), "cephx key in the logs");
     }
-}
-
-/// The daemon flags of the test cluster, with a KEK in `dir`; `None` (after `skip`) when the
-/// cluster environment is missing.
-fn daemon_flags(dir: &std::path::Path) -> Option<(Vec<String>, String)> {
-    if !cfg!(feature = "ceph") && std::env::var_os("CEPHVOL_BIN").is_none() {
-        skip("build with --features ceph (or set CEPHVOL_BIN)");
-        return None;
-    }
-    let (Some(monitors), Some(pool), Some(_conf)) =
-        (var("CEPH_MONITORS"), var("CEPH_POOL"), var("CEPH_CONF"))
-    else {
-        skip("CEPH_MONITORS/CEPH_POOL/CEPH_CONF not set (eval $(cargo xtask ceph env))");
-        return None;
-    };
-    let user = var("CEPH_USER").unwrap_or_else(|| "admin".into());
-    let client = var("CEPH_CLIENT").unwrap_or_else(|| format!("client.{user}"));
-    let keyring = var("CEPH_KEYRING")
-        .or_else(|| var("CEPH_USER_KEYRING"))
-        .expect("CEPH_KEYRING");
-    let kek = dir.join("kek");
-    std::fs::write(&kek, [0x6bu8; 32]).expect("kek");
-    let flags = vec![
-        "--backend=ceph".to_string(),
-        format!("--ceph-monitors={monitors}"),
-        format!("--ceph-pool={pool}"),
-        format!("--ceph-user={user}"),
-        format!("--ceph-client={client}"),
-        format!("--ceph-keyring-file={keyring}"),
-        format!("--ceph-kek-path={}", kek.display()),
-    ];
-    Some((flags, pool))
 }
 
 /// The events ListEvents shows about object `id`: `(reason, message)`.

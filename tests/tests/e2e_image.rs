@@ -1,6 +1,7 @@
 //! Volumes from OS images through the real daemon and a real registry on loopback
 //! (`docker-registry`): the CLI waits for the populate, two volumes of one image share one
-//! internal OS snapshot that is never listed, and an unknown image leaves the volume pending with
+//! internal OS snapshot that is never listed, the waiting volume hears the populate's end through
+//! ListEvents, and an unknown image leaves the volume pending with
 //! a warning event instead of failing the call.
 
 use iri::volume_v1 as pb;
@@ -71,6 +72,39 @@ async fn volumes_from_an_os_image_become_available_and_share_one_hidden_snapshot
         ops::list_snapshots(&mut c).await.is_empty(),
         "the OS snapshot {} is internal",
         pushed.manifest_digest
+    );
+
+    // The volume that waited for the populate heard its end through ListEvents.
+    let first = ops::list(&mut c)
+        .await
+        .into_iter()
+        .filter_map(|v| v.metadata.map(|m| m.id))
+        .find(|id| *id != second)
+        .expect("the first volume");
+    let events = c
+        .runtime
+        .list_events(pb::ListEventsRequest {
+            filter: Some(pb::EventFilter {
+                id: first.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("ListEvents")
+        .into_inner()
+        .events;
+    let populated: Vec<_> = events
+        .into_iter()
+        .filter_map(|e| e.spec)
+        .filter(|s| s.reason == "PopulateCompleted")
+        .collect();
+    assert_eq!(populated.len(), 1, "{populated:?}");
+    assert_eq!(populated[0].r#type, "Normal");
+    assert!(
+        populated[0]
+            .message
+            .starts_with("populated OS image: 6 MiB in "),
+        "{populated:?}"
     );
 }
 

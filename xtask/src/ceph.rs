@@ -71,6 +71,19 @@ pub const SUITES: &[&[&str]] = &[
         "--",
         "--ignored",
     ],
+    // SIGKILL of the daemon at random moments of a mixed workload, 5 kills
+    // (`tests/tests/e2e_ceph_chaos.rs`; `cargo xtask chaos --kills N` for long runs).
+    &[
+        "test",
+        "-p",
+        "tests",
+        "--features",
+        "ceph",
+        "--test",
+        "e2e_ceph_chaos",
+        "--",
+        "--ignored",
+    ],
     // The OSD frozen with SIGSTOP for a few seconds: RPCs answer, SIGTERM ends the daemon
     // (`tests/tests/e2e_ceph_outage.rs`). Last: it stalls every client of the cluster meanwhile.
     &[
@@ -101,6 +114,11 @@ pub const CHECKS: &[&[&str]] = &[&[
 
 /// Packages the integration suites need besides the cluster's.
 const SUITE_PACKAGES: &[&str] = &["docker-registry"];
+
+/// Installs the packages of the cluster and of the suites that are missing.
+pub fn ensure_suite_packages() -> Result<()> {
+    ensure_packages(&[cluster::CLUSTER_PACKAGES, SUITE_PACKAGES].concat())
+}
 
 /// `cargo xtask ceph up|down|status|env|destroy`.
 pub fn run(args: &[String]) -> Result<()> {
@@ -164,7 +182,7 @@ pub fn integration(args: &[String]) -> Result<()> {
             ),
         }
     }
-    ensure_packages(&[cluster::CLUSTER_PACKAGES, SUITE_PACKAGES].concat())?;
+    ensure_suite_packages()?;
     if !skip_checks {
         for check in CHECKS {
             util::run(util::cargo_command().args(*check).current_dir(util::root()))?;

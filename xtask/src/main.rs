@@ -6,6 +6,8 @@
 //!   this crate (`checks`).
 //! * `ceph up|down|status|env`: a real single-node Ceph cluster under `target/ceph`.
 //! * `integration`: the scenario suite against that cluster.
+//! * `chaos [--kills N] [--seed S]`: only the SIGKILL chaos test against that cluster (default 20
+//!   kills), with its figures (kills, objects, time to converge after each restart, maximum).
 //! * `bench [NAME] [--quick] [--json PATH]`: benchmarks printing ours vs reference ratios.
 //! * `codegen`: regenerate committed generated code (librbd bindings, gRPC stubs).
 
@@ -13,6 +15,7 @@ use anyhow::{bail, Result};
 
 mod bench;
 mod ceph;
+mod chaos;
 #[cfg(test)]
 mod checks;
 mod test;
@@ -29,12 +32,13 @@ mod workspace;
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        bail!("usage: cargo xtask <test|ceph|integration|bench|codegen> [args]");
+        bail!("usage: cargo xtask <test|ceph|integration|chaos|bench|codegen> [args]");
     };
     match cmd.as_str() {
         "test" => test::run(rest),
         "ceph" => ceph::run(rest),
         "integration" => ceph::integration(rest),
+        "chaos" => chaos::run(rest),
         "bench" => bench_run(rest),
         "codegen" => ceph::codegen(rest),
         other => bail!("unknown xtask command {other:?}"),

@@ -42,6 +42,15 @@ use rbd::{
 /// snapshot must be protected).
 const CLONE_FORMAT: u64 = 1;
 
+/// Suffix of the temporary name a clone is made under before it is renamed to its own name
+/// (see `CephBackend::clone_image`).
+pub const CLONE_TEMP_SUFFIX: &str = ".cloning";
+
+/// The temporary name of a clone into `child`.
+fn clone_temp_name(child: &str) -> String {
+    format!("{child}{CLONE_TEMP_SUFFIX}")
+}
+
 /// librbd feature bits cleared on clones: `RBD_FEATURE_OBJECT_MAP` (1 << 3) and
 /// `RBD_FEATURE_FAST_DIFF` (1 << 4), see [`BlockBackend::clone_image`] in this file.
 const CLONE_FEATURES_CLEARED: u64 = (1 << 3) | (1 << 4);
@@ -175,6 +184,23 @@ impl CephBackend {
 
     /// Whether the pool's image listing (`rbd_list2`, which includes half-removed images) names
     /// `name`: the definite answer behind `stat`, `image_exists` and `remove_image`.
+    /// Removes image `name` (see `remove_image`), without its clone's temporary image.
+    async fn remove_one(&self, name: &str) -> Result<()> {
+        let io = self.io.clone();
+        let n = name.to_string();
+        // rbd_remove finishes a half-removed image too: it looks the name up in the trash when
+        // the directory no longer has it.
+        match blocking(move || io.remove_image(&n)).await {
+            Err(e @ RbdError::NotFound(_)) => match self.listed(name).await? {
+                false => Err(e),
+                true => Err(RbdError::Busy(format!(
+                    "image {name} is still listed after its removal answered ENOENT ({e}); retry"
+                ))),
+            },
+            other => other,
+        }
+    }
+
     async fn listed(&self, name: &str) -> Result<bool> {
         let io = self.io.clone();
         let name = name.to_string();
@@ -443,19 +469,16 @@ impl BlockBackend for CephBackend {
     }
 
     async fn remove_image(&self, name: &str) -> Result<()> {
-        let io = self.io.clone();
-        let n = name.to_string();
-        // rbd_remove finishes a half-removed image too: it looks the name up in the trash when
-        // the directory no longer has it.
-        match blocking(move || io.remove_image(&n)).await {
-            Err(e @ RbdError::NotFound(_)) => match self.listed(name).await? {
-                false => Err(e),
-                true => Err(RbdError::Busy(format!(
-                    "image {name} is still listed after its removal answered ENOENT ({e}); retry"
-                ))),
-            },
-            other => other,
+        let removed = self.remove_one(name).await;
+        // A clone interrupted before its rename left its temporary image behind (see
+        // `clone_image`): it goes with the image it was meant to become.
+        if !name.ends_with(CLONE_TEMP_SUFFIX) {
+            match self.remove_one(&clone_temp_name(name)).await {
+                Ok(()) | Err(RbdError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
+        removed
     }
 
     async fn create_snapshot(&self, image: &str, snap: &str) -> Result<()> {
@@ -518,9 +541,24 @@ impl BlockBackend for CephBackend {
             .await
     }
 
+    /// librbd makes a clone in steps: it creates the child image, then links it to its parent.
+    /// A process killed in between leaves an image without a parent that reads zeroes, and
+    /// under the child's own name it would pass for the finished clone (the guest would get a
+    /// blank disk; found by `tests/tests/e2e_ceph_chaos.rs`). So the clone is made under
+    /// `<child>.cloning` and renamed to `child` once complete: the child's name only ever
+    /// names a whole clone. A leftover temporary image is removed before the next try and by
+    /// `remove_image(child)`.
     async fn clone_image(&self, parent: &str, snap: &str, child: &str) -> Result<()> {
+        if self.image_exists(child).await? {
+            return Err(RbdError::Exists(format!("image {child} exists")));
+        }
+        let temp = clone_temp_name(child);
+        match self.remove_one(&temp).await {
+            Ok(()) | Err(RbdError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
         let io = self.io.clone();
-        let (parent, snap, child) = (parent.to_string(), snap.to_string(), child.to_string());
+        let (parent, snap, name) = (parent.to_string(), snap.to_string(), temp.clone());
         let mut opts = self.options()?;
         opts.set_u64(sys::RBD_IMAGE_OPTION_CLONE_FORMAT, CLONE_FORMAT)?;
         // Clones are made without object-map/fast-diff: Pacific's flatten trusts the clone's object
@@ -528,7 +566,19 @@ impl BlockBackend for CephBackend {
         // and resumed then skips those objects and the detached clone reads zeroes there (fixed
         // upstream after Pacific, ceph/ceph#61129; found by tests/tests/e2e_ceph_crash.rs).
         opts.set_u64(sys::RBD_IMAGE_OPTION_FEATURES_CLEAR, CLONE_FEATURES_CLEARED)?;
-        blocking(move || io.clone_image(&parent, &snap, &io, &child, &opts)).await
+        blocking(move || io.clone_image(&parent, &snap, &io, &name, &opts)).await?;
+        let io = self.io.clone();
+        let (from, to) = (temp.clone(), child.to_string());
+        match blocking(move || io.rename_image(&from, &to)).await {
+            Err(e @ RbdError::Exists(_)) => {
+                // Made meanwhile by someone else: ours is not needed.
+                if let Err(re) = self.remove_one(&temp).await {
+                    tracing::warn!(image = %temp, error = %re, "removing an unneeded clone failed");
+                }
+                Err(e)
+            }
+            other => other,
+        }
     }
 
     async fn list_children(&self, image: &str, snap: Option<&str>) -> Result<Vec<ChildRef>> {

@@ -94,6 +94,17 @@ impl IoCtx {
         Ok(())
     }
 
+    /// Renames image `from` to `to` within this pool (`AlreadyExists` if `to` exists). A rename
+    /// is one update of the pool's directory object: after a crash the image has one name or the
+    /// other, never both or neither.
+    pub fn rename_image(&self, from: &str, to: &str) -> Result<()> {
+        let (f, t) = (cstring(from)?, cstring(to)?);
+        // SAFETY: live ioctx; both names NUL-terminated.
+        let ret = unsafe { sys::rbd_rename(self.raw(), f.as_ptr(), t.as_ptr()) };
+        check(ret, || format!("rename image {from} to {to}"))?;
+        Ok(())
+    }
+
     /// Removes an image (`Busy` while it has snapshots or watchers).
     pub fn remove_image(&self, name: &str) -> Result<()> {
         let n = cstring(name)?;

@@ -40,7 +40,9 @@ mod rados;
 pub mod sys;
 mod watch;
 
-pub use backend::{CephBackend, CephConfig, DEFAULT_MON_TIMEOUT, DEFAULT_OP_TIMEOUT};
+pub use backend::{
+    CephBackend, CephConfig, CLONE_TEMP_SUFFIX, DEFAULT_MON_TIMEOUT, DEFAULT_OP_TIMEOUT,
+};
 pub use error::errno_error;
 pub use image::{Image, ImageOptions};
 pub use lock::{plain_addr, ExclusiveLock, GuardedWrite, LockOutcome, Locker};

@@ -476,6 +476,11 @@ unsafe extern "C" {
         io: rados_ioctx_t,
         name: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
+    pub fn rbd_rename(
+        src_io_ctx: rados_ioctx_t,
+        srcname: *const ::std::os::raw::c_char,
+        destname: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
     pub fn rbd_open(
         io: rados_ioctx_t,
         name: *const ::std::os::raw::c_char,

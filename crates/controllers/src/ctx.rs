@@ -15,6 +15,7 @@ use tracing::debug;
 
 use crate::events::{event, EventRecorder, EventType};
 use crate::queue::WorkQueue;
+use crate::report::ProgressEvents;
 use crate::{Baseline, ControllerConfig, ControllerError, ImageSource, OpClass, Result};
 
 /// How a reconcile pass wants its key to be treated afterwards.
@@ -365,14 +366,17 @@ impl Ctx {
     }
 
     /// Runs `fut` while persisting its progress every `progress_interval` through `persist`
-    /// (only when it changed) and watching for stalls (`stall_timeout`: `cancel` is cancelled and
-    /// `Err(Stalled)` returned once `fut` has ended).
+    /// (only when it changed), recording progress events through `report` (see `report.rs`; the
+    /// caller records the last one, as only it knows whether the operation succeeded) and watching
+    /// for stalls (`stall_timeout`: `cancel` is cancelled and `Err(Stalled)` returned once `fut`
+    /// has ended).
     pub async fn drive<T, F, P, PF>(
         &self,
         fut: F,
         cell: &ProgressCell,
         cancel: &CancellationToken,
         mut persist: P,
+        mut report: Option<&mut ProgressEvents>,
     ) -> std::result::Result<T, Stalled>
     where
         F: Future<Output = T>,
@@ -396,6 +400,9 @@ impl Ctx {
                     if now != persisted {
                         persisted = now;
                         persist(now.0, now.1).await;
+                        if let Some(r) = report.as_deref_mut() {
+                            r.tick(self, now.0, now.1).await;
+                        }
                     }
                     let activity = cell.activity();
                     if activity != last_move.0 {

@@ -49,6 +49,20 @@ pub mod reason {
     pub const IMAGE_VANISHED: &str = "ImageVanished";
     /// A volume and its rbd image were deleted.
     pub const IMAGE_DELETION_SUCCEEDED: &str = "ImageDeletionSucceeded";
+    /// How far the populate of the OS image a volume waits for is (every 25%, or every
+    /// `progress_event_interval`).
+    pub const POPULATE_PROGRESS: &str = "PopulateProgress";
+    /// The OS image a volume waits for is populated: size, duration, average throughput.
+    pub const POPULATE_COMPLETED: &str = "PopulateCompleted";
+    /// How far the copy of an encrypted restore is.
+    pub const FILL_PROGRESS: &str = "FillProgress";
+    /// The copy of an encrypted restore is done: size, duration, average throughput.
+    pub const FILL_COMPLETED: &str = "FillCompleted";
+    /// How far a flatten is (restored volumes made independent of a volume or snapshot being
+    /// deleted, or the volume a snapshot is taken of).
+    pub const FLATTEN_PROGRESS: &str = "FlattenProgress";
+    /// A flatten is done, with its duration.
+    pub const FLATTEN_COMPLETED: &str = "FlattenCompleted";
 }
 
 /// The CamelCase actions of the recorded events (what the reconciler was doing).
@@ -75,6 +89,8 @@ pub mod action {
     pub const DELETE_IMAGE: &str = "DeleteImage";
     /// Creating a snapshot.
     pub const CREATE_SNAPSHOT: &str = "CreateSnapshot";
+    /// Deleting a snapshot.
+    pub const DELETE_SNAPSHOT: &str = "DeleteSnapshot";
 }
 
 /// Kind of an [`Event`] (Kubernetes event types).

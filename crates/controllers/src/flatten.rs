@@ -10,6 +10,8 @@ use rbd::RbdError;
 use store::{Image, ImageState};
 
 use crate::ctx::{get_opt, modify, Ctx, OpEnv};
+use crate::events::{action, reason};
+use crate::report::{Audience, ProgressEvents, Unit};
 use crate::status::persist_progress;
 use crate::{image_key, volume_image_name, ControllerError, Result};
 
@@ -23,11 +25,29 @@ pub(crate) async fn flatten_children(ctx: Arc<Ctx>, id: String, env: OpEnv) -> R
         return Ok(());
     }
     let name = volume_image_name(&id);
-    let result = flatten_all(&ctx, &image_key(&id), &name, None, &env, |d, t| {
-        let ctx = ctx.clone();
-        let id = id.clone();
-        async move { persist_progress(&ctx.images, &id, d, t).await }
-    })
+    let report = ProgressEvents::new(
+        Audience::Object(img.metadata.clone()),
+        (reason::FLATTEN_PROGRESS, reason::FLATTEN_COMPLETED),
+        action::DELETE_IMAGE,
+        (
+            "flattening the clones of this volume's snapshots",
+            "flattened clones:",
+        ),
+        Unit::Clones,
+    );
+    let result = flatten_all(
+        &ctx,
+        &image_key(&id),
+        &name,
+        None,
+        &env,
+        |d, t| {
+            let ctx = ctx.clone();
+            let id = id.clone();
+            async move { persist_progress(&ctx.images, &id, d, t).await }
+        },
+        report,
+    )
     .await;
     if let Err(e) = &result {
         let msg = e.to_string();
@@ -51,6 +71,7 @@ pub(crate) async fn flatten_all<P, PF>(
     snap: Option<&str>,
     env: &OpEnv,
     persist: P,
+    mut report: ProgressEvents,
 ) -> Result<()>
 where
     P: FnMut(u64, u64) -> PF,
@@ -90,8 +111,14 @@ where
         progress(total, total);
         Ok(())
     };
-    match ctx.drive(work, &cell, &token, persist).await {
-        Ok(r) => r?,
+    match ctx
+        .drive(work, &cell, &token, persist, Some(&mut report))
+        .await
+    {
+        Ok(r) => {
+            r?;
+            report.finish(ctx, total).await;
+        }
         Err(_) => {
             return Err(ControllerError::Op {
                 key: key.to_string(),

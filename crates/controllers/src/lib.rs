@@ -136,7 +136,9 @@
 //!    controllers see ordinary `BlockBackend` errors: retried with backoff).
 //! 11. **After a SIGKILL**: (a) a deletion whose image answers "not found" or `Busy` (a
 //!     half-removed image: listed, not openable) removes it again, which finishes the removal
-//!     (the backend side is in `rbd::BlockBackend`'s contract); (b) "vanished" is concluded only
+//!     (the backend side is in `rbd::BlockBackend`'s contract); so does the pass of a volume
+//!     not provisioned yet, whose partial image a fill or format was removing (it would stay
+//!     `Pending` for ever otherwise); (b) "vanished" is concluded only
 //!     when a "not found" is confirmed by the pool's image list (the image's snapshot list for
 //!     snapshots), never from one answer: an unconfirmed one fails the pass, which is retried
 //!     with backoff.
@@ -186,6 +188,7 @@ pub mod image;
 mod kek;
 mod locate;
 pub mod queue;
+mod report;
 mod sizing;
 pub mod snapshot;
 mod source;
@@ -297,6 +300,10 @@ pub struct ControllerConfig {
     pub rate_burst: u32,
     /// How often a running operation writes its progress into the object's status (default 1 s).
     pub progress_interval: Duration,
+    /// A long operation (populate, encrypted fill, flatten) records a Normal progress event about
+    /// its volume at every 25% and, between those, when this much time has passed since its last
+    /// one (default 30 s); a last event gives its duration and average throughput.
+    pub progress_event_interval: Duration,
     /// A long operation whose progress has not moved for this long is cancelled and retried
     /// (default 15 min; `None` disables the watchdog). It watches every stream copy (populate,
     /// encrypted fill: each chunk written moves it) and every flatten.
@@ -363,6 +370,7 @@ impl Default for ControllerConfig {
             rate_limit: 10.0,
             rate_burst: 100,
             progress_interval: Duration::from_secs(1),
+            progress_event_interval: Duration::from_secs(30),
             stall_timeout: Some(Duration::from_secs(15 * 60)),
             resolve_timeout: Duration::from_secs(3 * 60),
             format_timeout: Duration::from_secs(5 * 60),

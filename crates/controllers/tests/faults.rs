@@ -1,7 +1,7 @@
 //! The faults a real cluster and a real guest expose, on the fake cluster with paused tokio time:
 //! a vanished image, a transient "not found", a snapshot re-homed under a restore's feet, a
 //! re-home image the Go provider left, an undecodable record, an unprotect that keeps failing,
-//! and a backend that refuses a size. Each test names what the fault must produce (state, event);
+//! a backend that refuses a size, and a half-removed partial image of a restore being filled. Each test names what the fault must produce (state, event);
 //! the OS-image, restore and encryption faults are in `faults_os.rs`.
 
 #![allow(clippy::unwrap_used)]
@@ -406,4 +406,38 @@ async fn a_retry_loop_records_its_warning_once() {
     );
     assert!(w.cluster.calls(Op::Resize) >= 9);
     assert_eq!(count(&w, &id, reason::UPDATE_IMAGE_SIZE_FAILED), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_half_removed_partial_image_of_a_filling_restore_is_removed_and_the_fill_finishes() {
+    let mut w = world().await;
+    let src = available(&w, 2 * MIB).await;
+    let data = pattern(MIB as usize, 11);
+    w.cluster
+        .write_at(&volume_image_name(&src.metadata.id), 0, &data)
+        .await
+        .unwrap();
+    let snap = ready_snapshot(&w, &src.metadata.id).await;
+    w.crash().await;
+    // An encrypted restore of plain data, killed while its fill removed a partial image: the
+    // record says `Filling`, the image is listed but cannot be opened.
+    let sb: std::sync::Arc<dyn store::Backend> = std::sync::Arc::new(w.store_backend.clone());
+    let images = store::Store::<Image>::open(sb).await.unwrap();
+    let mut r = new_volume(2 * MIB);
+    r.spec.snapshot_ref = Some(snap.metadata.id.clone());
+    r.spec.encryption = Some(encryption(&w.kek(), b"chaos"));
+    r.status.state = ImageState::Filling;
+    let r = images.create(r).await.unwrap();
+    let name = volume_image_name(&r.metadata.id);
+    w.cluster.create_image(&name, 2 * MIB).await.unwrap();
+    w.cluster.interrupt_removal(&name).unwrap();
+    assert!(matches!(
+        w.cluster.stat(&name).await,
+        Err(RbdError::Busy(_))
+    ));
+    w.start().await;
+    assert!(w.settle(BUDGET).await);
+    let got = w.images().get(&r.metadata.id).await.unwrap();
+    assert_eq!(got.status.state, ImageState::Available, "{got:?}");
+    assert!(w.cluster.stat(&name).await.is_ok(), "filled again");
 }

@@ -137,6 +137,76 @@ async fn populate_progress_is_recorded_in_the_snapshot_status() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_waiting_volume_hears_the_populate_progress_at_each_quarter_and_its_throughput_at_the_end(
+) {
+    use controllers::events::reason::{POPULATE_COMPLETED, POPULATE_PROGRESS};
+    let mut cfg = test_config();
+    cfg.populator_buffer_size = 64 * 1024;
+    let mut w = World::new(cfg, RunnerConfig::default());
+    w.start().await;
+    w.cluster
+        .set_chunk_delay(Op::Write, Duration::from_millis(300));
+    let reference = w.source.add("slow", pattern((2 * MIB) as usize, 3));
+    let mut v = new_volume(2 * MIB);
+    v.spec.image = reference;
+    let v = w.images().create(v).await.unwrap();
+    assert!(w.settle(BUDGET).await);
+    let id = &v.metadata.id;
+    let progress: Vec<String> = w
+        .events
+        .with_reason(id, POPULATE_PROGRESS)
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    // About 5 s of copying: one event per quarter crossed, none from the 30 s interval.
+    assert_eq!(progress.len(), 3, "{progress:?}");
+    let percents: Vec<u64> = progress
+        .iter()
+        .map(|m| {
+            assert!(m.starts_with("populating OS image: "), "{m}");
+            assert!(m.ends_with(" of 2 MiB"), "{m}");
+            let p = m["populating OS image: ".len()..]
+                .split('%')
+                .next()
+                .unwrap();
+            p.parse().unwrap()
+        })
+        .collect();
+    for (quarter, p) in percents.iter().enumerate() {
+        let floor = 25 * (quarter as u64 + 1);
+        assert!((floor..floor + 25).contains(p), "{percents:?}");
+    }
+    let done = w.events.with_reason(id, POPULATE_COMPLETED);
+    assert_eq!(done.len(), 1);
+    let m = &done[0].message;
+    assert!(m.starts_with("populated OS image: 2 MiB in "), "{m}");
+    assert!(m.ends_with("/s"), "{m}");
+    assert!(done[0].event_type == controllers::events::EventType::Normal);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_populate_also_reports_when_the_event_interval_passes() {
+    use controllers::events::reason::POPULATE_PROGRESS;
+    let mut cfg = test_config();
+    cfg.populator_buffer_size = 64 * 1024;
+    cfg.progress_event_interval = Duration::from_secs(2);
+    let mut w = World::new(cfg, RunnerConfig::default());
+    w.start().await;
+    w.cluster.set_chunk_delay(Op::Write, Duration::from_secs(1));
+    let reference = w.source.add("slow", pattern((2 * MIB) as usize, 5));
+    let mut v = new_volume(2 * MIB);
+    v.spec.image = reference;
+    let v = w.images().create(v).await.unwrap();
+    assert!(w.settle(BUDGET).await);
+    let n = w
+        .events
+        .with_reason(&v.metadata.id, POPULATE_PROGRESS)
+        .len();
+    // About 16 s of copying with an event at least every 2 s: more than the three quarters.
+    assert!(n > 3, "{n} progress events");
+}
+
+#[tokio::test(start_paused = true)]
 async fn deleting_a_volume_rehomes_its_snapshots_and_keeps_restores_intact() {
     let w = world().await;
     let vol = w.images().create(new_volume(2 * MIB)).await.unwrap();
@@ -528,6 +598,38 @@ async fn a_flatten_that_fails_half_way_is_retried_until_the_volume_is_gone() {
     assert!(w.settle(BUDGET).await);
     assert!(w.images().get(&vol.metadata.id).await.is_err());
     assert!(w.r().runner.state(&image_key(&vol.metadata.id)).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn deleting_a_volume_with_restores_reports_the_flatten_of_each_restore_about_the_volume() {
+    use controllers::events::reason::FLATTEN_COMPLETED;
+    let w = world().await;
+    let vol = w.images().create(new_volume(2 * MIB)).await.unwrap();
+    assert!(w.settle(BUDGET).await);
+    let snap = w
+        .snapshots()
+        .create(new_volume_snapshot(&vol.metadata.id))
+        .await
+        .unwrap();
+    assert!(w.settle(BUDGET).await);
+    for _ in 0..2 {
+        let mut r = new_volume(2 * MIB);
+        r.spec.snapshot_ref = Some(snap.metadata.id.clone());
+        w.images().create(r).await.unwrap();
+    }
+    assert!(w.settle(BUDGET).await);
+    w.images().delete(&vol.metadata.id).await.unwrap();
+    assert!(w.settle(BUDGET).await);
+    assert!(w.images().get(&vol.metadata.id).await.is_err());
+    let done: Vec<String> = w
+        .events
+        .with_reason(&vol.metadata.id, FLATTEN_COMPLETED)
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(done.len(), 1, "{done:?}");
+    // The two restores and the copy that keeps the snapshot alive after its volume is gone.
+    assert!(done[0].starts_with("flattened clones: 3 in "), "{done:?}");
 }
 
 #[tokio::test(start_paused = true)]

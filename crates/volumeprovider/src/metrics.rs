@@ -596,10 +596,10 @@ mod tests {
         let backend: Arc<dyn store::Backend> = Arc::new(store::MemoryBackend::default());
         let images = store::Store::<store::Image>::open(Arc::clone(&backend))
             .await
-            .unwrap();
+            .expect("open");
         let snapshots = store::Store::<store::Snapshot>::open(Arc::clone(&backend))
             .await
-            .unwrap();
+            .expect("open");
         backend
             .put(
                 "ironcore.csi.volumes",
@@ -608,8 +608,11 @@ mod tests {
                 store::Precondition::None,
             )
             .await
-            .unwrap();
-        images.list(&store::ListOptions::default()).await.unwrap();
+            .expect("put");
+        images
+            .list(&store::ListOptions::default())
+            .await
+            .expect("list");
         let mut m = Metrics::new();
         m.register_collector(Box::new(StoreCollector::new(images, snapshots)));
         let text = m.encode();

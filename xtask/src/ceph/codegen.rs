@@ -75,6 +75,7 @@ const FUNCTIONS: &[&str] = &[
     "rbd_create4",
     "rbd_clone3",
     "rbd_remove",
+    "rbd_rename",
     "rbd_list2",
     "rbd_image_spec_list_cleanup",
     "rbd_open",

@@ -17,6 +17,7 @@ use super::encryption::{passphrase, size_marker};
 use super::provision::rbd_size;
 use crate::ctx::{get_opt, ignore_not_found, modify, Action, Ctx, OpEnv};
 use crate::events::{action, reason, EventType};
+use crate::report::{Audience, ProgressEvents, Unit};
 use crate::status::{persist_progress, set_image_error};
 use crate::{
     image_key, round_size, source_details, volume_image_name, ControllerError, OpClass, Result,
@@ -162,15 +163,32 @@ async fn copy_encrypted(
         .backend
         .write_stream(&name, data, opts, progress, token.clone());
     let id = img.metadata.id.clone();
+    let mut report = ProgressEvents::new(
+        Audience::Object(img.metadata.clone()),
+        (reason::FILL_PROGRESS, reason::FILL_COMPLETED),
+        action::CREATE_IMAGE_FROM_SNAPSHOT,
+        ("copying the snapshot into the encrypted volume", "copied"),
+        Unit::Bytes,
+    );
     let out = ctx
-        .drive(write, &cell, &token, |d, t| {
-            let ctx = ctx.clone();
-            let id = id.clone();
-            async move { persist_progress(&ctx.images, &id, d, t).await }
-        })
+        .drive(
+            write,
+            &cell,
+            &token,
+            |d, t| {
+                let ctx = ctx.clone();
+                let id = id.clone();
+                async move { persist_progress(&ctx.images, &id, d, t).await }
+            },
+            Some(&mut report),
+        )
         .await;
     match out {
-        Ok(r) => r.map(|_| ()).map_err(Into::into),
+        Ok(Ok(_)) => {
+            report.finish(ctx, cell.get().0).await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(ControllerError::Op {
             key: image_key(&id),
             reason: "copy made no progress and was cancelled".into(),

@@ -27,6 +27,7 @@
 //! | any | finalizer `image` missing | finalizer added, pass continues |
 //! | `Available`, or `Error` with access data (*provisioned*) | rbd image answers not found and the pool's image list confirms it is gone | `Error` "volume data lost: … vanished" + one Warning `ImageVanished`; never provisioned again (only deletion); a not-found the list contradicts fails the pass (retried with backoff) |
 //! | provisioned | rbd image exists | the `Available` rows below; an `Error` one (image back after a transient error, a refused resize asked again at a new size) → `Available` |
+//! | not provisioned | rbd image half-removed (`stat` answers `Busy`: a crash interrupted the removal of a partial image) | its removal finished, the pass goes on without an image |
 //! | `Pending` (any state but `Error`, `Available`, `Resolving`) | `spec.image` set, no `spec.snapshotRef` | `Resolving`, op "resolve" submitted |
 //! | `Resolving` | (pass) | op "resolve" (re)submitted: a restart resumes here; the runner deduplicates |
 //! | `Error` | `spec.image` set, no `spec.snapshotRef`; no terminal resolve failure within `resync_period` (in memory) | op "resolve" submitted, state stays `Error` |
@@ -81,7 +82,7 @@ use rbd::RbdError;
 use store::keys::IMAGE_FINALIZER;
 use store::{Image, ImageState};
 
-use crate::ctx::{get_opt, Action, Ctx};
+use crate::ctx::{get_opt, ignore_not_found, Action, Ctx};
 use crate::events::{action, reason};
 use crate::status::set_image_error;
 use crate::{volume_image_name, Result};
@@ -121,6 +122,14 @@ pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
     let info = match ctx.backend.stat(&name).await {
         Ok(info) => Some(info),
         Err(RbdError::NotFound(_)) => None,
+        // Half-removed (listed, cannot be opened): a crash interrupted the removal of a partial
+        // image (a fill or format starting again). Before the volume is provisioned nothing
+        // else removes its image, so the removal is finished and the pass goes on without one;
+        // else the volume would wait for ever (every pass failing on the same answer).
+        Err(RbdError::Busy(_)) if !provisioned(&img) => {
+            ignore_not_found(ctx.backend.remove_image(&name).await)?;
+            None
+        }
         Err(e) => return Err(e.into()),
     };
     if provisioned(&img) {

@@ -11,7 +11,9 @@ use tracing::{debug, info, warn};
 use super::is_os;
 use super::populate::remove_os_image;
 use crate::ctx::{get_opt, ignore_not_found, modify, Action, Ctx, OpEnv};
+use crate::events::{action, reason};
 use crate::flatten::flatten_all;
+use crate::report::{Audience, ProgressEvents, Unit};
 use crate::status::persist_progress;
 use crate::{snapshot_key, source_details, volume_image_name, OpClass, Result};
 
@@ -198,6 +200,16 @@ async fn flatten(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
                 let id = id.clone();
                 async move { persist_progress(&ctx.snapshots, &id, d, t).await }
             },
+            ProgressEvents::new(
+                Audience::Object(snap.metadata.clone()),
+                (reason::FLATTEN_PROGRESS, reason::FLATTEN_COMPLETED),
+                action::DELETE_SNAPSHOT,
+                (
+                    "flattening the clones of this snapshot",
+                    "flattened clones:",
+                ),
+                Unit::Clones,
+            ),
         )
         .await?;
     }

@@ -58,6 +58,8 @@ use store::{Snapshot, SnapshotState};
 use tracing::info;
 
 use crate::ctx::{get_opt, ignore_exists, Action, Ctx, OpEnv};
+use crate::events::{action, reason};
+use crate::report::{Audience, ProgressEvents, Unit};
 use crate::status::{mark_snapshot_failed, persist_progress};
 use crate::{snapshot_key, source_details, volume_image_name, ControllerError, OpClass, Result};
 
@@ -254,15 +256,35 @@ async fn flatten_source(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
     let (cell, progress) = env.tracker();
     let token = env.token.child_token();
     let work = ctx.backend.flatten(&image, progress, token.clone());
+    let mut report = ProgressEvents::new(
+        Audience::Object(snap.metadata.clone()),
+        (reason::FLATTEN_PROGRESS, reason::FLATTEN_COMPLETED),
+        action::CREATE_SNAPSHOT,
+        (
+            "flattening the volume before taking the snapshot",
+            "flattened the volume",
+        ),
+        Unit::Objects,
+    );
     let out = ctx
-        .drive(work, &cell, &token, |d, t| {
-            let ctx = ctx.clone();
-            let id = id.clone();
-            async move { persist_progress(&ctx.snapshots, &id, d, t).await }
-        })
+        .drive(
+            work,
+            &cell,
+            &token,
+            |d, t| {
+                let ctx = ctx.clone();
+                let id = id.clone();
+                async move { persist_progress(&ctx.snapshots, &id, d, t).await }
+            },
+            Some(&mut report),
+        )
         .await;
     match out {
-        Ok(Ok(())) | Ok(Err(RbdError::NotFound(_))) => Ok(()),
+        Ok(Ok(())) => {
+            report.finish(&ctx, cell.get().0).await;
+            Ok(())
+        }
+        Ok(Err(RbdError::NotFound(_))) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(ControllerError::Op {
             key: snapshot_key(&id),

@@ -13,6 +13,8 @@ use tracing::{debug, info, warn};
 
 use super::is_os;
 use crate::ctx::{get_opt, ignore_exists, ignore_not_found, modify, Action, Ctx, OpEnv};
+use crate::events::{action, reason};
+use crate::report::{Audience, ProgressEvents, Unit};
 use crate::status::{mark_snapshot_failed, persist_progress};
 use crate::{
     os_image_name, round_size, snapshot_key, ControllerError, OpClass, Result, OS_SNAPSHOT_NAME,
@@ -150,15 +152,31 @@ pub(crate) async fn populate(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()
     let write = ctx
         .backend
         .write_stream(&name, data, opts, progress, token.clone());
+    let mut report = ProgressEvents::new(
+        Audience::VolumesOf(id.clone()),
+        (reason::POPULATE_PROGRESS, reason::POPULATE_COMPLETED),
+        action::PULL_IMAGE,
+        ("populating OS image", "populated OS image:"),
+        Unit::Bytes,
+    );
     let written = ctx
-        .drive(write, &cell, &token, |d, t| {
-            let ctx = ctx.clone();
-            let id = id.clone();
-            async move { persist_progress(&ctx.snapshots, &id, d, t).await }
-        })
+        .drive(
+            write,
+            &cell,
+            &token,
+            |d, t| {
+                let ctx = ctx.clone();
+                let id = id.clone();
+                async move { persist_progress(&ctx.snapshots, &id, d, t).await }
+            },
+            Some(&mut report),
+        )
         .await;
     let failure = match written {
-        Ok(Ok(_)) => None,
+        Ok(Ok(_)) => {
+            report.finish(&ctx, cell.get().1.max(rootfs.size)).await;
+            None
+        }
         Ok(Err(e)) => Some(e),
         Err(_) => Some(RbdError::Transient(
             "no progress; copy cancelled by the watchdog".into(),
