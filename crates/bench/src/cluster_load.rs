@@ -17,7 +17,8 @@
 //! * **loaded, nice 19** (experiment, not the daemon): the full load with every LUKS2 format on
 //!   a thread of its own at nice 19 (`niced.rs`), to measure how much of the gap is CPU.
 //!
-//! Idle, loaded, registry only and loaded at nice 19 alternate `rounds` times; the medians count.
+//! Idle, loaded, registry only and loaded at nice 19 alternate `rounds` times; the upper median
+//! of each counts (with two rounds: the higher of the two).
 //! * **gopool, registry only** (one run): `Baseline::GoPool` (resolve and format in the pass) under
 //!   the registry part of the load alone: every reconcile worker waits for the registry. The
 //!   encrypted part is left out of this baseline on purpose: in the pass, all 15 formats would
