@@ -3,7 +3,7 @@
 //!
 //! Two programs hold the figures:
 //! * the runner's own bench (`cargo bench -p runner --bench runner`): figure `runner`;
-//! * `cephvol-bench` (crates/bench): `populate`, `responsiveness`, `store`,
+//! * `cephvol-bench` (crates/bench): `populate`, `responsiveness`, `fairness`, `store`,
 //!   `ceph`, `rss`. It is built in release mode with the other binaries of the crate (the `rss`
 //!   figure starts the real `cephvol` daemon next to it), with `--features ceph` when
 //!   `cargo xtask ceph status` says a cluster is up and that feature builds; the cluster's
@@ -25,7 +25,14 @@ use serde_json::{json, Value};
 use crate::util;
 
 /// Figures of `cephvol-bench` (kept in sync with its `FIGURES`).
-const BIN_FIGURES: &[&str] = &["populate", "responsiveness", "store", "ceph", "rss"];
+const BIN_FIGURES: &[&str] = &[
+    "populate",
+    "responsiveness",
+    "fairness",
+    "store",
+    "ceph",
+    "rss",
+];
 /// Figures that need the Ceph cluster (when they run, the build gets `--features ceph`).
 const CEPH_FIGURES: &[&str] = &["store", "ceph"];
 

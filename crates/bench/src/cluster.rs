@@ -13,6 +13,8 @@
 //!   the client key) until the store shows it `Available`, against `rbd create --size 1G`
 //!   (ms, median of 10; `--quick`: 3). The store is in memory: the omap collections of the pool
 //!   may belong to another provider.
+//! * `ceph_responsiveness_*`: the same creates while encrypted volumes are formatted and OS-image
+//!   volumes wait for a silent registry, against idle (see `cluster_load.rs`).
 //!
 //! The `rbd` runs include the process start and the cluster connection (tens of ms); cephvol's
 //! connection is made once, as in the daemon. Every image the figure creates is named
@@ -129,6 +131,7 @@ mod real {
             out.push(populate(&rt, &backend, &cfg, &file, size, runs)?);
             out.push(flatten(&rt, &backend, &cfg, &file, size, runs)?);
             out.push(create_volume(&rt, &backend, &cfg, creates)?);
+            out.extend(super::super::cluster_load::run(opts, &rt, &backend)?);
             Ok(())
         })();
         rt.block_on(cleanup(&backend));

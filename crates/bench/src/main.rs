@@ -38,10 +38,16 @@ use volumeprovider::image_source::{OciImageSource, OciOptions};
 
 // The other figures, one module each (see their module docs).
 mod cluster;
+#[cfg(feature = "ceph")]
+mod cluster_load;
+mod fairness;
+#[cfg(feature = "ceph")]
+mod niced;
 mod responsiveness;
 mod rss;
 mod store;
 mod util;
+mod world;
 
 const MIB: usize = 1024 * 1024;
 
@@ -80,8 +86,13 @@ const FIGURES: &[(&str, &str, FigureFn)] = &[
     ),
     (
         "responsiveness",
-        "time to Available of empty volumes while flattens run: load vs idle vs sync baseline",
+        "time to Available of empty volumes under format/resolve/flatten loads: ours and the Go designs vs idle",
         responsiveness::run,
+    ),
+    (
+        "fairness",
+        "one deletion's flatten while 50 OS-image populates are queued vs alone",
+        fairness::run,
     ),
     (
         "store",
@@ -90,7 +101,7 @@ const FIGURES: &[(&str, &str, FigureFn)] = &[
     ),
     (
         "ceph",
-        "real Ceph: populate vs rbd import, flatten vs rbd flatten, create volume vs rbd create",
+        "real Ceph: populate vs rbd import, flatten vs rbd flatten, create volume vs rbd create, creates under load vs idle",
         cluster::run,
     ),
     (

@@ -1,83 +1,103 @@
-//! Figure `responsiveness`: how fast an empty volume becomes `Available` while long operations run.
+//! Figure `responsiveness`: how fast an empty volume becomes `Available` while long operations of
+//! every kind run, for this provider and for the Go provider's two designs.
 //!
 //! The provider is wired as the daemon wires it (`store::Store` on `store::MemoryBackend`,
-//! `rbd_testkit::fake::MemoryBackend`, `runner::Runner` with its defaults, `controllers::Controllers` with
-//! the default 15 workers, the daemon's `EventStore`), in real time. The fake backend waits
-//! [`Params::call_delay`] at the start of every call (a Ceph round trip).
+//! `rbd_testkit::fake::MemoryBackend`, the runner and controllers with the daemon's default flags:
+//! 15 workers per reconciler, `--async-max-workers` 10 in classes populate/fill/flatten 5/3/2,
+//! the daemon's `EventStore`), in real time. The fake backend waits [`Params::call_delay`] at the
+//! start of every metadata call (a Ceph round trip).
 //!
-//! Load: `long_ops` volumes that each have a snapshot and a volume restored from it are deleted.
-//! Deleting such a volume re-homes the snapshot (one more clone) and then flattens both clones —
-//! the long operation, `image:<id>` on the runner — at [`Params::object_delay`] per 4 MiB object.
-//! Once at least 10 of them are flattening, `creates` empty volumes are created through the store,
-//! one every `interval`, and the time from `Store::create` until the store's watch shows the volume
-//! `Available` is recorded (p50, p99).
+//! The world: `deletions` volumes, each with a snapshot and a volume restored from it. Loads
+//! ([`Load`]), each alone and all together:
+//! * **encrypted**: `encrypted` encrypted empty volumes are created; each LUKS2 format takes
+//!   [`Params::format_delay`] (Ceph Pacific derives the key for seconds);
+//! * **registry**: `registry` OS-image volumes whose registry accepts the connection and never
+//!   answers (a loopback listener), resolved by the daemon's `OciImageSource` with its default
+//!   timeouts (connect 10 s, request 60 s): each resolve really blocks on the network;
+//! * **flatten**: the `deletions` volumes are deleted; each deletion re-homes the snapshot and
+//!   flattens two clones at [`Params::object_delay`] per 4 MiB object;
+//! * **all**: the three at once.
 //!
-//! Runs on fresh worlds: **load** (ours), **idle** (the same world, nothing deleted), and
-//! **sync** (`ControllerConfig::sync_long_ops`: the flatten runs inline on the reconcile worker,
-//! the Go provider's design, kept only as this benchmark's baseline). Idle and load alternate
-//! three times (`--quick`: once) and the median of each percentile counts; sync runs once.
+//! Once the load runs (at least 10 volumes `Formatting`, `Resolving` or `FlatteningChildren`),
+//! `creates` empty volumes are created through the store, one every `interval`, and the time
+//! from `Store::create` until the store's watch shows the volume `Available` is recorded.
+//! Volumes not `Available` [`Params::cap`] after the last create count with their time so far
+//! (the percentile is then a lower bound, said in the note).
+//!
+//! Sides, each on a fresh world and runtime: **idle** (the same world, no load) and **ours**
+//! under each load alternate `rounds` times and the medians count; the baselines run once per
+//! load (`--quick`: only under all loads together): **gopool** (`Baseline::GoPool`) and
+//! **goinline** (`Baseline::GoInline`), see `world::Design`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use controllers::{limits_for_class, ControllerConfig, Controllers};
+use anyhow::{Context, Result};
 use rbd_testkit::fake::{MemoryBackend, Op};
-use runner::{Runner, RunnerConfig, ShutdownMode};
-use store::keys::{CLASS_LABEL, MANAGER, MANAGER_LABEL};
-use store::{
-    Image, ImageSpec, ImageState, ListOptions, Object, Snapshot, SnapshotSource, SnapshotState,
-    Store, WatchEvent,
+use store::{ImageState, Snapshot, SnapshotSource, SnapshotState};
+use volumeprovider::image_source::{OciImageSource, OciOptions};
+
+use super::world::{
+    controller_config, encrypted_volume, managed, os_volume, volume, wait_until, BlackHole, Clock,
+    Design, Provider, Samples, MIB,
 };
-use tokio_util::sync::CancellationToken;
-use volumeprovider::events::EventStore;
-
-use super::util::NoImages;
 use super::{Figure, Opts};
-
-const MIB: u64 = 1 << 20;
 
 /// Sizes and latencies of one run.
 struct Params {
-    /// Volume deletions running as long operations.
-    long_ops: usize,
+    /// Volumes deleted by the flatten load (each flattens two clones).
+    deletions: usize,
+    /// Encrypted empty volumes created by the encrypted load.
+    encrypted: usize,
+    /// OS-image volumes of the registry load.
+    registry: usize,
     /// Empty volumes created and timed.
     creates: usize,
     /// Time between two creates.
     interval: Duration,
-    /// Size of the deleted volumes and their clones (4 MiB objects).
+    /// Size of every volume (4 MiB objects).
     volume_size: u64,
     /// Flatten time per 4 MiB object.
     object_delay: Duration,
-    /// Latency of every backend call.
+    /// One LUKS2 format.
+    format_delay: Duration,
+    /// Latency of every other backend call.
     call_delay: Duration,
-    /// Idle and load runs (the medians count).
+    /// Idle and ours runs per load (the medians count).
     rounds: usize,
+    /// How long after the last create the run waits for the timed volumes.
+    cap: Duration,
+    /// Loads the baselines run under.
+    baseline_loads: &'static [Load],
 }
 
 impl Params {
     fn new(quick: bool) -> Params {
+        let full = Params {
+            deletions: 20,
+            encrypted: 15,
+            registry: 15,
+            creates: 300,
+            interval: Duration::from_millis(20),
+            volume_size: 32 * MIB,
+            object_delay: Duration::from_millis(500),
+            format_delay: Duration::from_secs(5),
+            call_delay: Duration::from_millis(2),
+            rounds: 3,
+            cap: Duration::from_secs(30),
+            baseline_loads: &Load::LOADED,
+        };
         if quick {
             Params {
-                long_ops: 20,
                 creates: 40,
-                interval: Duration::from_millis(20),
-                volume_size: 32 * MIB,
                 object_delay: Duration::from_millis(100),
-                call_delay: Duration::from_millis(2),
                 rounds: 1,
+                cap: Duration::from_secs(3),
+                baseline_loads: &[Load::All],
+                ..full
             }
         } else {
-            Params {
-                long_ops: 20,
-                creates: 300,
-                interval: Duration::from_millis(20),
-                volume_size: 32 * MIB,
-                object_delay: Duration::from_millis(500),
-                call_delay: Duration::from_millis(2),
-                rounds: 3,
-            }
+            full
         }
     }
 
@@ -87,130 +107,243 @@ impl Params {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
+/// What runs while the volumes are timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Load {
     Idle,
-    Load,
-    Sync,
+    Encrypted,
+    Registry,
+    Flatten,
+    All,
+}
+
+impl Load {
+    const LOADED: [Load; 4] = [Load::Encrypted, Load::Registry, Load::Flatten, Load::All];
+
+    fn name(self) -> &'static str {
+        match self {
+            Load::Idle => "idle",
+            Load::Encrypted => "encrypted",
+            Load::Registry => "registry",
+            Load::Flatten => "flatten",
+            Load::All => "all",
+        }
+    }
+
+    fn encrypted(self) -> bool {
+        matches!(self, Load::Encrypted | Load::All)
+    }
+
+    fn registry(self) -> bool {
+        matches!(self, Load::Registry | Load::All)
+    }
+
+    fn flatten(self) -> bool {
+        matches!(self, Load::Flatten | Load::All)
+    }
 }
 
 /// What one run measured.
+#[derive(Clone)]
 struct Outcome {
     p50: Duration,
     p99: Duration,
     max: Duration,
-    /// Long operations still flattening when the last volume became available.
-    still_loaded: usize,
+    /// Timed volumes not `Available` when the run ended.
+    censored: usize,
+    /// Volumes still formatting / resolving / flattening when the run ended.
+    still: [usize; 3],
 }
 
 impl Outcome {
+    fn of(s: &Samples, still: [usize; 3]) -> Outcome {
+        Outcome {
+            p50: s.percentile(0.50),
+            p99: s.percentile(0.99),
+            max: s.max(),
+            censored: s.censored,
+            still,
+        }
+    }
+
     /// Field-wise median of several runs.
-    fn median(runs: Vec<Outcome>) -> Outcome {
-        let mid = |f: fn(&Outcome) -> Duration| {
-            let mut v: Vec<Duration> = runs.iter().map(f).collect();
+    fn median(runs: &[Outcome]) -> Outcome {
+        fn mid<T: Ord + Copy + Default>(mut v: Vec<T>) -> T {
             v.sort();
             v.get(v.len() / 2).copied().unwrap_or_default()
-        };
-        let mut loaded: Vec<usize> = runs.iter().map(|o| o.still_loaded).collect();
-        loaded.sort_unstable();
-        Outcome {
-            p50: mid(|o| o.p50),
-            p99: mid(|o| o.p99),
-            max: mid(|o| o.max),
-            still_loaded: loaded.get(loaded.len() / 2).copied().unwrap_or_default(),
         }
+        Outcome {
+            p50: mid(runs.iter().map(|o| o.p50).collect()),
+            p99: mid(runs.iter().map(|o| o.p99).collect()),
+            max: mid(runs.iter().map(|o| o.max).collect()),
+            censored: mid(runs.iter().map(|o| o.censored).collect()),
+            still: [0, 1, 2].map(|i| mid(runs.iter().map(|o| o.still[i]).collect())),
+        }
+    }
+
+    /// "p99 … ms" plus what was left, for notes.
+    fn describe(&self, p: &Params) -> String {
+        let lower = if self.censored > 0 {
+            format!(
+                " ({} of {} not Available {} s after the last create: lower bounds)",
+                self.censored,
+                p.creates,
+                p.cap.as_secs()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms{lower}; at the end {} formatting, {} \
+             resolving, {} flattening",
+            ms(self.p50),
+            ms(self.p99),
+            ms(self.max),
+            self.still[0],
+            self.still[1],
+            self.still[2]
+        )
     }
 }
 
-/// Runs the three scenarios and prints the figures.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Runs every side and returns the figures.
 pub fn run(opts: &Opts, _rt: &tokio::runtime::Runtime) -> Result<Vec<Figure>> {
     let p = Params::new(opts.quick);
-    // Idle and load runs alternate, `rounds` times each, and the medians count: the machine is
-    // shared and a single run's tail is noisy. The sync baseline is far off; one run suffices.
-    let (mut idles, mut loads) = (Vec::new(), Vec::new());
+    // Idle and ours alternate, `rounds` times each, and the medians count: the machine is shared
+    // and a single run's tail is noisy. The baselines are far off (or not): one run each.
+    let mut idles = Vec::new();
+    let mut ours: Vec<Vec<Outcome>> = vec![Vec::new(); Load::LOADED.len()];
     for _ in 0..p.rounds {
-        idles.push(scenario(&p, Mode::Idle).context("idle run")?);
-        loads.push(scenario(&p, Mode::Load).context("run under load")?);
+        idles.push(scenario(&p, Design::Ours, Load::Idle).context("idle run")?);
+        for (i, load) in Load::LOADED.iter().enumerate() {
+            ours[i].push(
+                scenario(&p, Design::Ours, *load)
+                    .with_context(|| format!("run under the {} load", load.name()))?,
+            );
+        }
     }
-    let idle = Outcome::median(idles);
-    let load = Outcome::median(loads);
-    let sync = scenario(&p, Mode::Sync).context("sync-mode run under load")?;
-    let op_secs = 2.0 * p.objects() as f64 * p.object_delay.as_secs_f64();
+    let mut baselines = Vec::new();
+    for load in p.baseline_loads {
+        for design in [Design::GoPool, Design::GoInline] {
+            let o = scenario(&p, design, *load).with_context(|| {
+                format!("{} run under the {} load", design.label(), load.name())
+            })?;
+            baselines.push((design, *load, o));
+        }
+    }
+    let idle = Outcome::median(&idles);
     let setup = format!(
-        "{} empty volumes, one every {} ms, while {} volume deletions each flatten 2 clones \
-         ({} objects x {} ms, {op_secs:.1} s per deletion); fake backend {} ms per call; \
-         15 workers, runner 10 running; idle and load: median of {} alternating runs",
+        "{} empty volumes, one every {} ms; loads: {} encrypted creates (LUKS2 format {} s \
+         each), {} OS-image volumes whose registry (loopback) accepts and never answers \
+         (OciImageSource, default timeouts), {} deletions flattening 2 clones each ({} objects \
+         x {} ms); fake backend {} ms per call; daemon defaults (15 workers, runner 10); idle \
+         {}",
         p.creates,
         p.interval.as_millis(),
-        p.long_ops,
+        p.encrypted,
+        p.format_delay.as_secs_f64(),
+        p.registry,
+        p.deletions,
         p.objects(),
         p.object_delay.as_millis(),
         p.call_delay.as_millis(),
-        p.rounds,
+        idle.describe(&p),
     );
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    Ok(vec![
-        Figure {
-            name: "responsiveness_p99_load_vs_idle".into(),
-            ours: ms(load.p99),
+
+    let mut out = Vec::new();
+    let mut ours_all = None;
+    for (i, load) in Load::LOADED.iter().enumerate() {
+        let o = Outcome::median(&ours[i]);
+        // The set-up once, in the first note.
+        let tail = if i == 0 {
+            setup.as_str()
+        } else {
+            "set-up as above"
+        };
+        out.push(Figure {
+            name: format!("responsiveness_p99_{}_vs_idle", load.name()),
+            ours: ms(o.p99),
             reference: ms(idle.p99),
             unit: "ms to Available (p99), lower is better; target ratio <= 1.2",
             note: format!(
-                "{setup}; load max {:.1} ms, {} deletions still flattening at the end",
-                ms(load.max),
-                load.still_loaded
+                "{} load, ours: {}; medians of {} alternating runs; {tail}",
+                load.name(),
+                o.describe(&p),
+                p.rounds
             ),
-        },
-        Figure {
-            name: "responsiveness_p50_load_vs_idle".into(),
-            ours: ms(load.p50),
-            reference: ms(idle.p50),
-            unit: "ms to Available (p50), lower is better",
-            note: setup.clone(),
-        },
-        Figure {
-            name: "responsiveness_sync_p99_load_vs_idle".into(),
-            ours: ms(sync.p99),
+        });
+        if *load == Load::All {
+            out.push(Figure {
+                name: "responsiveness_p50_all_vs_idle".into(),
+                ours: ms(o.p50),
+                reference: ms(idle.p50),
+                unit: "ms to Available (p50), lower is better",
+                note: format!("all loads, ours; medians of {} runs", p.rounds),
+            });
+            ours_all = Some(o);
+        }
+    }
+    for (design, load, o) in &baselines {
+        out.push(Figure {
+            name: format!(
+                "responsiveness_{}_p99_{}_vs_idle",
+                design.label(),
+                load.name()
+            ),
+            ours: ms(o.p99),
             reference: ms(idle.p99),
-            unit: "ms to Available (p99) of the sync baseline (Go design) under load vs idle",
+            unit: "ms to Available (p99) of a baseline design under load vs idle (ours)",
             note: format!(
-                "{setup}; sync_long_ops = true (flatten inline on the reconcile workers); \
-                 sync p50 {:.1} ms, max {:.1} ms",
-                ms(sync.p50),
-                ms(sync.max)
+                "{} load, {}: {}; one run",
+                load.name(),
+                design.describe(),
+                o.describe(&p)
             ),
-        },
-        Figure {
-            name: "responsiveness_p99_ours_vs_sync".into(),
-            ours: ms(load.p99),
-            reference: ms(sync.p99),
-            unit: "ms to Available (p99) under load, ours vs the sync baseline; lower is better",
-            note: setup,
-        },
-    ])
+        });
+    }
+    if let Some(all) = ours_all {
+        for (design, load, o) in &baselines {
+            if *load == Load::All {
+                out.push(Figure {
+                    name: format!("responsiveness_p99_all_ours_vs_{}", design.label()),
+                    ours: ms(all.p99),
+                    reference: ms(o.p99),
+                    unit: "ms to Available (p99) under all loads, ours vs the baseline; lower \
+                           is better",
+                    note: format!("ours (median) vs {} (one run)", design.label()),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// One run on a fresh runtime (2 worker threads, as the daemon on this machine).
-fn scenario(p: &Params, mode: Mode) -> Result<Outcome> {
+fn scenario(p: &Params, design: Design, load: Load) -> Result<Outcome> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let out = rt.block_on(scenario_async(p, mode));
-    // Flattens still sleeping in the background are dropped with the runtime.
+    let out = rt.block_on(scenario_async(p, design, load));
+    // Formats, resolves and flattens still waiting in the background are dropped with the
+    // runtime.
     rt.shutdown_background();
     let out = out?;
     eprintln!(
-        "  responsiveness {mode:?}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        out.p50.as_secs_f64() * 1e3,
-        out.p99.as_secs_f64() * 1e3,
-        out.max.as_secs_f64() * 1e3
+        "  responsiveness {} {}: {}",
+        design.label(),
+        load.name(),
+        out.describe(p)
     );
     Ok(out)
 }
 
-/// Every backend call the controllers make for these volumes.
+/// Every metadata call the controllers make for these volumes.
 const CALLS: &[Op] = &[
     Op::CreateImage,
     Op::Stat,
@@ -232,50 +365,44 @@ const CALLS: &[Op] = &[
     Op::ClientKey,
 ];
 
-async fn scenario_async(p: &Params, mode: Mode) -> Result<Outcome> {
+async fn scenario_async(p: &Params, design: Design, load: Load) -> Result<Outcome> {
     let cluster = MemoryBackend::new("bench");
     for op in CALLS {
         cluster.set_delay(*op, p.call_delay);
     }
-    let objects: Arc<dyn store::Backend> = Arc::new(store::MemoryBackend::new());
-    let images = Store::<Image>::open(objects.clone()).await?;
-    let snapshots = Store::<Snapshot>::open(objects).await?;
-    let runner = Runner::new(RunnerConfig::default());
-    let cfg = ControllerConfig {
-        monitors: "127.0.0.1:6789".into(),
-        client: "client.bench".into(),
-        sync_long_ops: mode == Mode::Sync,
-        ..ControllerConfig::default()
-    };
-    let controllers = Controllers::new(
-        images.clone(),
-        snapshots.clone(),
+    cluster.set_delay(Op::EncryptionFormat, p.format_delay);
+    let registry = BlackHole::start().await?;
+    let source = OciImageSource::new(OciOptions::default())
+        .map_err(|e| anyhow::anyhow!("image source: {e}"))?;
+    let provider = Provider::start(
         Arc::new(cluster.clone()),
-        Arc::new(NoImages),
-        runner.clone(),
-        Arc::new(EventStore::new(100, Duration::from_secs(300))),
-        cfg,
-    );
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(controllers.run(shutdown.clone()));
+        Arc::new(source),
+        design,
+        controller_config(design)?,
+    )
+    .await?;
+    let result = measure(p, load, &cluster, &registry, &provider).await;
+    provider.stop(Duration::ZERO).await;
+    result
+}
 
+async fn measure(
+    p: &Params,
+    load: Load,
+    cluster: &MemoryBackend,
+    registry: &BlackHole,
+    provider: &Provider,
+) -> Result<Outcome> {
+    let (images, snapshots) = (&provider.images, &provider.snapshots);
     // The world: volumes with a snapshot and a volume restored from it.
     let setup = Duration::from_secs(60);
     let mut parents = Vec::new();
-    for _ in 0..p.long_ops {
-        parents.push(
-            images
-                .create(volume(p.volume_size, None))
-                .await?
-                .metadata
-                .id,
-        );
+    for _ in 0..p.deletions {
+        let v = images.create(volume(p.volume_size, None)).await?;
+        parents.push(v.metadata.id);
     }
-    wait_until(&images, "parent volumes Available", setup, |all| {
-        all.iter()
-            .filter(|i| i.status.state == ImageState::Available)
-            .count()
-            >= p.long_ops
+    wait_until(images, "parent volumes Available", setup, |all| {
+        available(all) >= p.deletions
     })
     .await?;
     let mut snaps = Vec::new();
@@ -289,11 +416,11 @@ async fn scenario_async(p: &Params, mode: Mode) -> Result<Outcome> {
         );
         snaps.push(snapshots.create(managed(s)).await?.metadata.id);
     }
-    wait_until(&snapshots, "snapshots Ready", setup, |all| {
+    wait_until(snapshots, "snapshots Ready", setup, |all| {
         all.iter()
             .filter(|s| s.status.state == SnapshotState::Ready)
             .count()
-            >= p.long_ops
+            >= p.deletions
     })
     .await?;
     for s in &snaps {
@@ -301,156 +428,66 @@ async fn scenario_async(p: &Params, mode: Mode) -> Result<Outcome> {
             .create(volume(p.volume_size, Some(s.clone())))
             .await?;
     }
-    wait_until(&images, "restored volumes Available", setup, |all| {
-        all.iter()
-            .filter(|i| i.status.state == ImageState::Available)
-            .count()
-            >= 2 * p.long_ops
+    wait_until(images, "restored volumes Available", setup, |all| {
+        available(all) >= 2 * p.deletions
     })
     .await?;
 
     // The load.
-    if mode != Mode::Idle {
+    if load.encrypted() {
+        for _ in 0..p.encrypted {
+            images.create(encrypted_volume(p.volume_size)?).await?;
+        }
+    }
+    if load.registry() {
+        for i in 0..p.registry {
+            let reference = registry.reference(&format!("os-{i}"));
+            images.create(os_volume(p.volume_size, &reference)).await?;
+        }
+    }
+    if load.flatten() {
         cluster.set_chunk_delay(Op::Flatten, p.object_delay);
         for parent in &parents {
             images.delete(parent).await?;
         }
-        let busy = p.long_ops.min(10);
-        wait_until(&images, "deletions flattening", setup, |all| {
-            flattening(all) >= busy
+    }
+    if load != Load::Idle {
+        wait_until(images, "the load running", setup, |all| {
+            let busy = all
+                .iter()
+                .filter(|i| LOADED_STATES.contains(&i.status.state))
+                .count();
+            busy >= 10
         })
         .await?;
     }
 
     // The measurement.
-    let pending: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let took: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let mut watch = images.watch(ListOptions::default())?;
-    let collector = {
-        let pending = pending.clone();
-        let took = took.clone();
-        let images = images.clone();
-        tokio::spawn(async move {
-            let record = |img: &Image| {
-                if img.status.state == ImageState::Available {
-                    let t0 = lock(&pending).remove(&img.metadata.id);
-                    if let Some(t0) = t0 {
-                        lock(&took).push(t0.elapsed());
-                    }
-                }
-            };
-            while let Some(ev) = watch.recv().await {
-                match ev {
-                    WatchEvent::Created(img) | WatchEvent::Updated(img) => record(&img),
-                    WatchEvent::Deleted(_) => {}
-                    WatchEvent::Resync => {
-                        if let Ok(all) = images.list(&ListOptions::default()).await {
-                            all.iter().for_each(record);
-                        }
-                    }
-                }
-            }
-        })
-    };
+    let clock = Clock::start(images)?;
     let mut ticker = tokio::time::interval(p.interval);
     for _ in 0..p.creates {
         ticker.tick().await;
         let vol = volume(p.volume_size, None);
-        lock(&pending).insert(vol.metadata.id.clone(), Instant::now());
+        clock.begin(&vol.metadata.id);
         images.create(vol).await?;
     }
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while lock(&took).len() < p.creates {
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {} volumes became Available within 180 s",
-                lock(&took).len(),
-                p.creates
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    clock.wait_done(p.creates, Instant::now() + p.cap).await;
+    let mut still = [0; 3];
+    for (i, state) in LOADED_STATES.iter().enumerate() {
+        still[i] = provider.count(std::slice::from_ref(state)).await?;
     }
-    let still_loaded = match mode {
-        Mode::Idle => 0,
-        _ => flattening(&images.list(&ListOptions::default()).await?),
-    };
-    collector.abort();
-
-    shutdown.cancel();
-    task.abort();
-    runner
-        .shutdown(ShutdownMode::Cancel {
-            deadline: Duration::ZERO,
-        })
-        .await;
-
-    let mut took = std::mem::take(&mut *lock(&took));
-    took.sort();
-    Ok(Outcome {
-        p50: percentile(&took, 0.50),
-        p99: percentile(&took, 0.99),
-        max: took.last().copied().unwrap_or_default(),
-        still_loaded,
-    })
+    Ok(Outcome::of(&clock.finish(), still))
 }
 
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
+/// The states of a volume whose long operation belongs to a load.
+const LOADED_STATES: [ImageState; 3] = [
+    ImageState::Formatting,
+    ImageState::Resolving,
+    ImageState::FlatteningChildren,
+];
 
-fn flattening(all: &[Image]) -> usize {
+fn available(all: &[store::Image]) -> usize {
     all.iter()
-        .filter(|i| i.status.state == ImageState::FlatteningChildren)
+        .filter(|i| i.status.state == ImageState::Available)
         .count()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A volume as the volume server creates it (manager and class labels, class limits).
-fn volume(size: u64, snapshot_ref: Option<String>) -> Image {
-    let spec = ImageSpec {
-        size,
-        limits: limits_for_class(3000, 100 * MIB as i64, 10, 15),
-        snapshot_ref,
-        ..ImageSpec::default()
-    };
-    let mut img = managed(Image::new(store::new_id(), spec));
-    img.metadata
-        .labels
-        .insert(CLASS_LABEL.into(), "standard".into());
-    img
-}
-
-fn managed<T: Object>(mut obj: T) -> T {
-    obj.metadata_mut()
-        .labels
-        .insert(MANAGER_LABEL.into(), MANAGER.into());
-    obj
-}
-
-/// Polls the store until `done` holds for its objects.
-async fn wait_until<T: Object>(
-    store: &Store<T>,
-    what: &str,
-    timeout: Duration,
-    done: impl Fn(&[T]) -> bool,
-) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let all = store.list(&ListOptions::default()).await?;
-        if done(&all) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(anyhow!("timed out after {timeout:?} waiting for {what}"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

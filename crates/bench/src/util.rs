@@ -28,8 +28,10 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// An image source without images (the figures create no OS volumes).
+#[cfg(feature = "ceph")]
 pub struct NoImages;
 
+#[cfg(feature = "ceph")]
 #[async_trait::async_trait]
 impl controllers::ImageSource for NoImages {
     async fn resolve(

@@ -16,7 +16,7 @@ use tracing::debug;
 use crate::events::{event, EventRecorder, EventType};
 use crate::queue::WorkQueue;
 use crate::report::ProgressEvents;
-use crate::{ControllerConfig, ControllerError, ImageSource, OpClass, Result};
+use crate::{Baseline, ControllerConfig, ControllerError, ImageSource, OpClass, Result};
 
 /// How a reconcile pass wants its key to be treated afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,15 +239,45 @@ impl Ctx {
     }
 
     /// Starts a long operation of `class` under `key` (see the crate docs): on the runner
-    /// normally, inline in `sync_long_ops` mode. Accepted or already queued/running →
-    /// [`Action::Wait`] (the completion requeues the object); runner full → [`Action::Busy`];
-    /// inline success → [`Action::Again`]; still backing off after a failed run →
-    /// [`Action::After`].
+    /// normally, inline in the [`Baseline::GoInline`] baseline. Accepted or already
+    /// queued/running → [`Action::Wait`] (the completion requeues the object); runner full →
+    /// [`Action::Busy`]; inline success → [`Action::Again`]; still backing off after a failed
+    /// run → [`Action::After`].
     pub async fn start_op<F, Fut>(
         self: &Arc<Self>,
         class: OpClass,
         key: String,
         op: F,
+    ) -> Result<Action>
+    where
+        F: FnOnce(Arc<Ctx>, OpEnv) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.start(class, key, op, false).await
+    }
+
+    /// [`Ctx::start_op`] for an operation that both Go designs ran inside the reconcile pass
+    /// (registry resolve, LUKS2 format of an empty volume): the [`Baseline::GoPool`] baseline
+    /// runs it inline too. Without a baseline it is exactly `start_op`.
+    pub async fn start_pass_op<F, Fut>(
+        self: &Arc<Self>,
+        class: OpClass,
+        key: String,
+        op: F,
+    ) -> Result<Action>
+    where
+        F: FnOnce(Arc<Ctx>, OpEnv) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.start(class, key, op, true).await
+    }
+
+    async fn start<F, Fut>(
+        self: &Arc<Self>,
+        class: OpClass,
+        key: String,
+        op: F,
+        pass_op: bool,
     ) -> Result<Action>
     where
         F: FnOnce(Arc<Ctx>, OpEnv) -> Fut + Send + 'static,
@@ -259,7 +289,12 @@ impl Ctx {
             debug!(key, ?wait, "operation backing off after a failure");
             return Ok(Action::After(wait));
         }
-        if self.cfg.sync_long_ops {
+        let inline = match self.cfg.baseline {
+            Baseline::None => false,
+            Baseline::GoInline => true,
+            Baseline::GoPool => pass_op,
+        };
+        if inline {
             let env = OpEnv {
                 token: CancellationToken::new(),
                 progress: rbd::no_progress(),
@@ -288,6 +323,10 @@ impl Ctx {
                 Ok(Action::Wait)
             }
             Ok(_) => Ok(Action::Wait),
+            Err(SubmitError::Busy) if self.cfg.baseline == Baseline::GoPool => {
+                self.poll_for_slot(&key);
+                Ok(Action::Wait)
+            }
             Err(SubmitError::Busy) => {
                 debug!(key, "runner full, retrying later");
                 Ok(Action::Busy)
@@ -296,10 +335,26 @@ impl Ctx {
         }
     }
 
+    /// [`Baseline::GoPool`]: the pool refused the operation under `key`; its object is requeued
+    /// through the rate-limited queue and its failure count reset at once, so the next refusal
+    /// waits `base_backoff` again (or what the global token bucket imposes).
+    fn poll_for_slot(&self, key: &str) {
+        let (queue, id) = if let Some(id) = key.strip_prefix("image:") {
+            (&self.image_queue, id)
+        } else if let Some(id) = key.strip_prefix("snapshot:") {
+            (&self.snapshot_queue, id)
+        } else {
+            return;
+        };
+        let delay = queue.add_rate_limited(id.to_string());
+        queue.forget(id);
+        debug!(key, ?delay, "pool full, polling again");
+    }
+
     /// Cancels a queued or running operation under `key`. True if there was one (its completion
     /// will requeue the object).
     pub fn cancel_op(&self, key: &str) -> bool {
-        if self.cfg.sync_long_ops {
+        if self.cfg.baseline == Baseline::GoInline {
             return false;
         }
         self.runner.state(key).is_some() && self.runner.cancel(key)
@@ -307,7 +362,7 @@ impl Ctx {
 
     /// Whether an operation under `key` is queued or running.
     pub fn op_active(&self, key: &str) -> bool {
-        !self.cfg.sync_long_ops && self.runner.state(key).is_some()
+        self.cfg.baseline != Baseline::GoInline && self.runner.state(key).is_some()
     }
 
     /// Runs `fut` while persisting its progress every `progress_interval` through `persist`

@@ -65,9 +65,12 @@
 //!   which finishes in the background. Until it has, a new format of the same image fails as
 //!   retryable (never two formats of one image at once). The registry client's timeouts are its
 //!   own options (`oci::OciOptions`, set by the daemon).
-//! * **Benchmark baseline**: `sync_long_ops` runs the same operations inline on the reconcile
-//!   worker, as the Go provider originally did. Reference for benchmarks only (it breaks the
-//!   rule above on purpose, and the tests check that their guard notices).
+//! * **Benchmark baselines** ([`Baseline`], `ControllerConfig::baseline`): the designs of the Go
+//!   provider, imitated on the same code so that the benchmarks can measure ours against them.
+//!   `GoInline` runs every long operation inline on the reconcile worker; `GoPool` runs the
+//!   registry resolve and the LUKS2 format inline and the rest on a runner without a queue,
+//!   polling through the rate-limited work queue while it is full. Reference for benchmarks only
+//!   (they break the rule above on purpose, and the tests check that their guard notices).
 //! * **Encryption**: an encrypted volume created empty gets a LUKS2 header once (state
 //!   `Formatting`, on the runner). A restore of a
 //!   snapshot of an encrypted volume is a clone that inherits the header (marked in
@@ -254,7 +257,7 @@ pub enum ControllerError {
     /// The key-encryption key failed.
     #[error(transparent)]
     Kek(#[from] KekError),
-    /// A long operation run inline (`sync_long_ops`) failed.
+    /// A long operation run inline (a [`Baseline`] other than `None`) failed.
     #[error("operation {key}: {reason}")]
     Op {
         /// Runner key of the operation.
@@ -330,9 +333,31 @@ pub struct ControllerConfig {
     /// next volume of the same digest) before it is removed (`--os-image-gc-grace`, default
     /// 24 h). Zero keeps them for ever.
     pub os_image_gc_grace: Duration,
-    /// **Reference baseline for benchmarks only (as the Go provider originally did)**: run long
-    /// operations inline on the reconcile worker instead of the runner. Default `false`.
-    pub sync_long_ops: bool,
+    /// **Reference baseline for benchmarks only**: imitate one of the Go provider's designs
+    /// instead of running every long operation on the runner (see [`Baseline`]). Default
+    /// [`Baseline::None`].
+    pub baseline: Baseline,
+}
+
+/// **Reference baseline for benchmarks only**: a design of the Go provider that the controllers
+/// imitate so that the benchmarks can measure this provider against it in the same harness.
+/// Every variant but `None` makes slow calls on reconcile workers on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Baseline {
+    /// This provider's design: every long operation on the runner, in its class.
+    #[default]
+    None,
+    /// The Go provider as released: every long operation (resolve, format, populate, encrypted
+    /// fill, flatten) runs inline in the reconcile pass, on the reconcile worker.
+    GoInline,
+    /// The worker pool proposed for the Go provider: the registry resolve and the LUKS2 format of
+    /// an empty volume stay inline in the pass; every other long operation goes to the runner,
+    /// which the caller configures as one pool without a queue (`max_running` 10, no classes,
+    /// `max_waiting` 0). A submission the full pool refuses requeues the object through the
+    /// rate-limited work queue, whose failure count is then reset (the proposal forgets the key
+    /// on every pass): the per-key delay stays at `base_backoff` (5 ms), so the object polls for
+    /// a slot as fast as the global token bucket (`rate_limit` 10/s, `rate_burst` 100) allows.
+    GoPool,
 }
 
 impl Default for ControllerConfig {
@@ -358,7 +383,7 @@ impl Default for ControllerConfig {
             list_children_timeout: Duration::from_secs(60),
             os_image_retry: Duration::from_secs(10 * 60),
             os_image_gc_grace: DEFAULT_OS_IMAGE_GC_GRACE,
-            sync_long_ops: false,
+            baseline: Baseline::None,
         }
     }
 }

@@ -26,8 +26,8 @@ tokio::task_local! {
 }
 
 /// Whether the caller runs inside a reconcile pass on a reconcile worker (also inside a task a
-/// pass spawned through the controllers, and inside a long operation that `sync_long_ops` runs
-/// inline). Long operations on the runner answer false. Nothing that can take more than
+/// pass spawned through the controllers, and inside a long operation that a benchmark baseline
+/// runs inline). Long operations on the runner answer false. Nothing that can take more than
 /// milliseconds may run while this is true; the tests assert it.
 pub fn on_reconcile_worker() -> bool {
     RECONCILE_PASS.try_with(|_| ()).is_ok()

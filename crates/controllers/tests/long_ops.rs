@@ -292,7 +292,7 @@ async fn a_resolve_that_never_answers_times_out_and_retries_without_blocking_pla
 #[tokio::test(start_paused = true)]
 async fn the_guard_flags_every_slow_call_the_sync_baseline_makes_on_a_worker() {
     let mut cfg = test_config();
-    cfg.sync_long_ops = true;
+    cfg.baseline = controllers::Baseline::GoInline;
     let mut w = World::new(cfg, RunnerConfig::default());
     w.start().await;
     // An OS volume (resolve, open_rootfs, write_stream), an encrypted empty volume (format), an

@@ -635,7 +635,7 @@ async fn deleting_a_volume_with_restores_reports_the_flatten_of_each_restore_abo
 #[tokio::test(start_paused = true)]
 async fn the_sync_baseline_mode_reaches_the_same_states() {
     let mut cfg = test_config();
-    cfg.sync_long_ops = true;
+    cfg.baseline = controllers::Baseline::GoInline;
     let mut w = World::new(cfg, RunnerConfig::default());
     w.start().await;
     let reference = w.source.add("sync", pattern(MIB as usize, 6));

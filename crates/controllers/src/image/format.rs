@@ -77,7 +77,7 @@ pub(super) async fn format(ctx: &Arc<Ctx>, mut img: Image, info: &ImageInfo) -> 
 /// Submits the format operation.
 pub(super) async fn start_format(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
     let owned = id.to_string();
-    ctx.start_op(OpClass::Fill, image_key(id), move |ctx, env| async move {
+    ctx.start_pass_op(OpClass::Fill, image_key(id), move |ctx, env| async move {
         format_op(ctx, owned, env).await
     })
     .await

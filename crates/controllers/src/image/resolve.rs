@@ -47,7 +47,7 @@ pub(super) async fn resolve(ctx: &Arc<Ctx>, mut img: Image) -> Result<Action> {
 
 async fn start_resolve(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
     let owned = id.to_string();
-    ctx.start_op(
+    ctx.start_pass_op(
         OpClass::Populate,
         image_key(id),
         move |ctx, env| async move { resolve_op(ctx, owned, env).await },

@@ -2,7 +2,7 @@
 //! (fake cluster + store backend kept across simulated provider restarts) and helpers to drive
 //! paused tokio time until the controllers settle. The world's backend and source are wrapped in
 //! the guard of `guard.rs`; a world that saw a slow call on a reconcile worker fails its test
-//! when it is dropped (unless it runs the `sync_long_ops` baseline, which does so on purpose).
+//! when it is dropped (unless it runs a benchmark baseline, which does so on purpose).
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -490,7 +490,7 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        if !self.cfg.sync_long_ops && !std::thread::panicking() {
+        if self.cfg.baseline == controllers::Baseline::None && !std::thread::panicking() {
             if let Err(e) = self.no_slow_calls_on_workers() {
                 panic!("{e}");
             }
