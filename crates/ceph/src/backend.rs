@@ -182,8 +182,6 @@ impl CephBackend {
         .await
     }
 
-    /// Whether the pool's image listing (`rbd_list2`, which includes half-removed images) names
-    /// `name`: the definite answer behind `stat`, `image_exists` and `remove_image`.
     /// Removes image `name` (see `remove_image`), without its clone's temporary image.
     async fn remove_one(&self, name: &str) -> Result<()> {
         let io = self.io.clone();
@@ -208,6 +206,8 @@ impl CephBackend {
         }
     }
 
+    /// Whether the pool's image listing (`rbd_list2`, which includes half-removed images) names
+    /// `name`: the definite answer behind `stat`, `image_exists` and `remove_image`.
     async fn listed(&self, name: &str) -> Result<bool> {
         let io = self.io.clone();
         let name = name.to_string();
