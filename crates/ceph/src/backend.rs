@@ -52,7 +52,7 @@ fn clone_temp_name(child: &str) -> String {
 }
 
 /// librbd feature bits cleared on clones: `RBD_FEATURE_OBJECT_MAP` (1 << 3) and
-/// `RBD_FEATURE_FAST_DIFF` (1 << 4), see [`BlockBackend::clone_image`] in this file.
+/// `RBD_FEATURE_FAST_DIFF` (1 << 4), see `CephBackend::clone_into`.
 const CLONE_FEATURES_CLEARED: u64 = (1 << 3) | (1 << 4);
 
 /// Default of [`CephConfig::op_timeout`]: longer than the OSD failure detection (heartbeat
@@ -180,6 +180,20 @@ impl CephBackend {
             Ok(out)
         })
         .await
+    }
+
+    /// `rbd_clone3` of `parent@snap` into `name` in this pool, with this backend's clone options.
+    async fn clone_into(&self, parent: &str, snap: &str, name: &str) -> Result<()> {
+        let io = self.io.clone();
+        let (parent, snap, name) = (parent.to_string(), snap.to_string(), name.to_string());
+        let mut opts = self.options()?;
+        opts.set_u64(sys::RBD_IMAGE_OPTION_CLONE_FORMAT, CLONE_FORMAT)?;
+        // Clones are made without object-map/fast-diff: Pacific's flatten trusts the clone's object
+        // map, which marks an object before its copy-up finishes; a flatten interrupted by a crash
+        // and resumed then skips those objects and the detached clone reads zeroes there (fixed
+        // upstream after Pacific, ceph/ceph#61129; found by tests/tests/e2e_ceph_crash.rs).
+        opts.set_u64(sys::RBD_IMAGE_OPTION_FEATURES_CLEAR, CLONE_FEATURES_CLEARED)?;
+        blocking(move || io.clone_image(&parent, &snap, &io, &name, &opts)).await
     }
 
     /// Removes image `name` (see `remove_image`), without its clone's temporary image.
@@ -553,27 +567,26 @@ impl BlockBackend for CephBackend {
     /// under the child's own name it would pass for the finished clone (the guest would get a
     /// blank disk; found by `tests/tests/e2e_ceph_chaos.rs`). So the clone is made under
     /// `<child>.cloning` and renamed to `child` once complete: the child's name only ever
-    /// names a whole clone. A leftover temporary image is removed before the next try and by
-    /// `remove_image(child)`.
+    /// names a whole clone. A leftover temporary image is replaced by the next try (found when
+    /// the clone answers that it exists, so the common path costs no pool listing) and removed
+    /// by `remove_image(child)`.
     async fn clone_image(&self, parent: &str, snap: &str, child: &str) -> Result<()> {
         if self.image_exists(child).await? {
             return Err(RbdError::Exists(format!("image {child} exists")));
         }
         let temp = clone_temp_name(child);
-        match self.remove_one(&temp).await {
-            Ok(()) | Err(RbdError::NotFound(_)) => {}
+        match self.clone_into(parent, snap, &temp).await {
+            Ok(()) => {}
+            Err(RbdError::Exists(_)) => {
+                // The leftover of an interrupted clone (whole, parentless or half-removed).
+                match self.remove_one(&temp).await {
+                    Ok(()) | Err(RbdError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                self.clone_into(parent, snap, &temp).await?;
+            }
             Err(e) => return Err(e),
         }
-        let io = self.io.clone();
-        let (parent, snap, name) = (parent.to_string(), snap.to_string(), temp.clone());
-        let mut opts = self.options()?;
-        opts.set_u64(sys::RBD_IMAGE_OPTION_CLONE_FORMAT, CLONE_FORMAT)?;
-        // Clones are made without object-map/fast-diff: Pacific's flatten trusts the clone's object
-        // map, which marks an object before its copy-up finishes; a flatten interrupted by a crash
-        // and resumed then skips those objects and the detached clone reads zeroes there (fixed
-        // upstream after Pacific, ceph/ceph#61129; found by tests/tests/e2e_ceph_crash.rs).
-        opts.set_u64(sys::RBD_IMAGE_OPTION_FEATURES_CLEAR, CLONE_FEATURES_CLEARED)?;
-        blocking(move || io.clone_image(&parent, &snap, &io, &name, &opts)).await?;
         let io = self.io.clone();
         let (from, to) = (temp.clone(), child.to_string());
         match blocking(move || io.rename_image(&from, &to)).await {
