@@ -5,8 +5,8 @@
 //! serves the IRI socket.
 //!
 //! * `two_daemons_on_one_pool_run_each_operation_once`: requests go to both sockets (the
-//!   standby's too); the leader's runner ran the populate and the flatten exactly once, the
-//!   standby's runner nothing.
+//!   standby's too); the leader's runner ran the resolve, the populate and the flatten exactly
+//!   once, the standby's runner nothing.
 //! * `a_standby_finishes_the_flatten_of_a_killed_leader_without_changing_data`: SIGKILL of the
 //!   leader during a flatten: the standby leads within lease + 5 s, the flatten completes, the
 //!   clone's data equals the snapshot's.
@@ -472,8 +472,8 @@ async fn two_daemons_on_one_pool_run_each_operation_once() {
     assert_eq!((b_acc, b_ok), (0, 0), "the standby ran no long operation");
     assert_eq!(
         (a_acc, a_ok),
-        (2, 2),
-        "the leader ran the populate and the flatten, each once"
+        (3, 3),
+        "the leader ran O's registry resolution, its populate and C's flatten, each once"
     );
     assert_eq!(a.runner("failed") + a.runner("cancelled"), 0);
     assert!(

@@ -463,12 +463,16 @@ async fn run(
         });
     tokio::pin!(serve);
     let mut controllers_task = controllers_task;
+    // `--shutdown-timeout` bounds the whole shutdown from the signal on: every phase below gets
+    // what is left of it.
+    let mut signalled_at = None;
     let outcome: Result<()> = tokio::select! {
         res = &mut serve => {
             res.map_err(|e| Error::Backend(format!("gRPC server: {e}")))
         }
         sig = terminate_signal(term, int) => {
             info!(signal = sig, "shutting down: no new requests, finishing in-flight ones");
+            signalled_at = Some(tokio::time::Instant::now());
             let _ = sig_tx.send(sig);
             match tokio::time::timeout(args.shutdown_timeout, &mut serve).await {
                 Ok(Ok(())) => {}
@@ -494,15 +498,17 @@ async fn run(
 
     // Stop the controllers (workers finish their current pass), then drain long operations.
     shutdown.cancel();
-    let deadline = args.shutdown_timeout;
+    let end = signalled_at.unwrap_or_else(tokio::time::Instant::now) + args.shutdown_timeout;
+    let left = || end.saturating_duration_since(tokio::time::Instant::now());
     if !controllers_task.is_finished() {
-        match tokio::time::timeout(deadline, &mut controllers_task).await {
+        match tokio::time::timeout(left(), &mut controllers_task).await {
             Ok(Ok(Err(e))) => warn!(error = %e, "controllers ended with an error"),
             Ok(_) => {}
             Err(_) => warn!("controllers did not stop within the shutdown timeout"),
         }
     }
     let m = runner.metrics();
+    let deadline = left();
     if m.running + m.waiting > 0 {
         info!(running = m.running, waiting = m.waiting, timeout = ?deadline, "draining long operations");
     }
@@ -521,7 +527,16 @@ async fn run(
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
-    leadership.release().await;
+    // Releasing the lease lets a standby take over at once; when the cluster does not answer
+    // within what is left, the lease expires by itself (`--leader-lease`).
+    if tokio::time::timeout(left(), leadership.release())
+        .await
+        .is_err()
+    {
+        warn!(
+            "the leader lease was not released within the shutdown timeout: it expires by itself"
+        );
+    }
     info!("stopped");
     drop(opened);
     outcome
