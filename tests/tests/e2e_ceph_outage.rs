@@ -97,7 +97,53 @@ impl Drop for FrozenOsd {
             self.pid,
             self.since.elapsed().as_secs_f64()
         );
+        heal_after_freeze();
     }
+}
+
+/// A frozen OSD comes back with "laggy" placement groups and ops blocked for minutes (Pacific):
+/// marking it down makes it peer again at once, so that the suites after this one find a healthy
+/// cluster. Waits (at most a minute) until every placement group is `active+clean`.
+fn heal_after_freeze() {
+    let ceph = |args: &[&str]| {
+        Command::new("ceph")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    ceph(&["osd", "down", "0"]);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        let stat = ceph(&["pg", "stat"]);
+        // e.g. "9 pgs: 9 active+clean; 70 B data, …"
+        let clean = pg_stat_all_clean(&stat);
+        if clean {
+            eprintln!(
+                "cluster healthy again after {:.1}s",
+                t.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "the cluster is not active+clean a minute after the freeze: {}",
+        ceph(&["pg", "stat"])
+    );
+}
+
+/// Whether `ceph pg stat` (e.g. `9 pgs: 9 active+clean; 70 B data, …`) counts every placement
+/// group `active+clean` and nothing else.
+fn pg_stat_all_clean(stat: &str) -> bool {
+    let head = stat.split(';').next().unwrap_or_default();
+    let Some((total, states)) = head.split_once(':') else {
+        return false;
+    };
+    let total = total.split_whitespace().next();
+    let states: Vec<&str> = states.split(',').map(str::trim).collect();
+    matches!(states.as_slice(), [one] if one.split_whitespace().collect::<Vec<_>>() == [total.unwrap_or("?"), "active+clean"])
 }
 
 fn signal(pid: i32, sig: rustix::process::Signal) {

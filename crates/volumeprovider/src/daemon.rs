@@ -498,7 +498,10 @@ async fn run(
 
     // Stop the controllers (workers finish their current pass), then drain long operations.
     shutdown.cancel();
-    let end = signalled_at.unwrap_or_else(tokio::time::Instant::now) + args.shutdown_timeout;
+    // A little of it is kept for the process's own exit.
+    let margin = (args.shutdown_timeout / 10).min(Duration::from_millis(500));
+    let end =
+        signalled_at.unwrap_or_else(tokio::time::Instant::now) + args.shutdown_timeout - margin;
     let left = || end.saturating_duration_since(tokio::time::Instant::now());
     if !controllers_task.is_finished() {
         match tokio::time::timeout(left(), &mut controllers_task).await {

@@ -60,8 +60,11 @@ fn run_daemon(args: flags::DaemonArgs) -> ExitCode {
         }
     };
     let result = rt.block_on(daemon::serve(args));
-    // Librados calls stuck on an unreachable cluster must not keep the process alive.
-    rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    // Librados calls stuck on an unreachable cluster must not keep the process alive: `serve`
+    // has already spent `--shutdown-timeout` waiting for what it could; a blocking call still
+    // running is abandoned as a crash would abandon it (every long operation resumes from the
+    // store).
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ Error::LostLeadership(_)) => {
