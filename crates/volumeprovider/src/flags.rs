@@ -306,7 +306,9 @@ pub struct DaemonArgs {
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub os_image_gc_grace: Duration,
 
-    /// How long shutdown waits for running operations before cancelling them.
+    /// Bound of the whole shutdown after SIGTERM/SIGINT: in-flight requests, the controllers'
+    /// current passes, draining long operations (cancelled when it runs out; they resume from the
+    /// store at the next start) and releasing the leader lease (which otherwise expires by itself).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
