@@ -295,33 +295,7 @@ async fn the_guard_flags_every_slow_call_the_sync_baseline_makes_on_a_worker() {
     cfg.baseline = controllers::Baseline::GoInline;
     let mut w = World::new(cfg, RunnerConfig::default());
     w.start().await;
-    // An OS volume (resolve, open_rootfs, write_stream), an encrypted empty volume (format), an
-    // encrypted OS volume (format, read_stream and write_stream of the fill) …
-    let reference = w.source.add("inline", pattern(MIB as usize, 13));
-    let mut os = new_volume(2 * MIB);
-    os.spec.image = reference.clone();
-    let os = w.images().create(os).await.unwrap().metadata.id;
-    let mut enc = new_volume(20 * MIB);
-    enc.spec.encryption = Some(encryption(&w.kek(), b"a"));
-    w.images().create(enc).await.unwrap();
-    let mut enc_os = new_volume(20 * MIB);
-    enc_os.spec.image = reference;
-    enc_os.spec.encryption = Some(encryption(&w.kek(), b"b"));
-    w.images().create(enc_os).await.unwrap();
-    assert!(w.settle(BUDGET).await);
-    // … and the deletion of a volume with a snapshot and a restore (flatten of its children).
-    let snap = w
-        .snapshots()
-        .create(new_volume_snapshot(&os))
-        .await
-        .unwrap();
-    assert!(w.settle(BUDGET).await);
-    let mut restore = new_volume(2 * MIB);
-    restore.spec.snapshot_ref = Some(snap.metadata.id.clone());
-    w.images().create(restore).await.unwrap();
-    assert!(w.settle(BUDGET).await);
-    w.images().delete(&os).await.unwrap();
-    assert!(w.settle(BUDGET).await);
+    every_slow_call(&w, "inline", 13, BUDGET).await;
 
     let kinds = w.slow.violating_kinds();
     for kind in [
@@ -345,30 +319,7 @@ async fn the_same_work_on_the_runner_makes_every_slow_call_off_the_workers() {
         w.start().await;
         w
     };
-    let reference = w.source.add("offpass", pattern(MIB as usize, 14));
-    let mut os = new_volume(2 * MIB);
-    os.spec.image = reference.clone();
-    let os = w.images().create(os).await.unwrap().metadata.id;
-    let mut enc = new_volume(20 * MIB);
-    enc.spec.encryption = Some(encryption(&w.kek(), b"a"));
-    w.images().create(enc).await.unwrap();
-    let mut enc_os = new_volume(20 * MIB);
-    enc_os.spec.image = reference;
-    enc_os.spec.encryption = Some(encryption(&w.kek(), b"b"));
-    w.images().create(enc_os).await.unwrap();
-    assert!(w.settle(BUDGET).await);
-    let snap = w
-        .snapshots()
-        .create(new_volume_snapshot(&os))
-        .await
-        .unwrap();
-    assert!(w.settle(BUDGET).await);
-    let mut restore = new_volume(2 * MIB);
-    restore.spec.snapshot_ref = Some(snap.metadata.id.clone());
-    w.images().create(restore).await.unwrap();
-    assert!(w.settle(BUDGET).await);
-    w.images().delete(&os).await.unwrap();
-    assert!(w.settle(BUDGET).await);
+    every_slow_call(&w, "offpass", 14, BUDGET).await;
 
     // Resolves ×2, opens, writes ×2, read, formats ×2, flattens: all of them seen, none on a
     // worker.

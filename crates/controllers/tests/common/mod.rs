@@ -549,3 +549,36 @@ pub fn encryption(kek: &Kek, passphrase: &[u8]) -> store::EncryptionSpec {
         encrypted_passphrase: kek.encrypt(passphrase),
     }
 }
+
+/// A workload that makes every kind of slow call once or more, then settles: an OS volume
+/// (resolve, open_rootfs, write_stream), an encrypted empty volume (format), an encrypted OS volume
+/// (format, read_stream and write_stream of its fill), then the deletion of a volume with a
+/// snapshot and a restore (flatten of its children). `name`/`seed` make the OS image. Returns the
+/// id of the deleted volume.
+pub async fn every_slow_call(w: &World, name: &str, seed: u64, budget: Duration) -> String {
+    let reference = w.source.add(name, testdata::pattern(MIB as usize, seed));
+    let mut os = new_volume(2 * MIB);
+    os.spec.image = reference.clone();
+    let os = w.images().create(os).await.unwrap().metadata.id;
+    let mut enc = new_volume(20 * MIB);
+    enc.spec.encryption = Some(encryption(&w.kek(), b"a"));
+    w.images().create(enc).await.unwrap();
+    let mut enc_os = new_volume(20 * MIB);
+    enc_os.spec.image = reference;
+    enc_os.spec.encryption = Some(encryption(&w.kek(), b"b"));
+    w.images().create(enc_os).await.unwrap();
+    assert!(w.settle(budget).await);
+    let snap = w
+        .snapshots()
+        .create(new_volume_snapshot(&os))
+        .await
+        .unwrap();
+    assert!(w.settle(budget).await);
+    let mut restore = new_volume(2 * MIB);
+    restore.spec.snapshot_ref = Some(snap.metadata.id.clone());
+    w.images().create(restore).await.unwrap();
+    assert!(w.settle(budget).await);
+    w.images().delete(&os).await.unwrap();
+    assert!(w.settle(budget).await);
+    os
+}
