@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use iri::volume_v1 as pb;
 use tests::cephvol_bin;
-use tests::cluster::{integration, step, var, Ceph, KeepLogOnPanic, Leftovers};
+use tests::cluster::{integration, step, var, Ceph, KeepLogOnPanic, Leftovers, VOLUMES};
 use tests::daemon::{ops, volume_req, Daemon};
 
 const MIB: i64 = 1 << 20;
@@ -115,11 +115,23 @@ fn heal_after_freeze() {
     };
     ceph(&["osd", "down", "0"]);
     let t = Instant::now();
+    // The mgr's placement-group figures lag behind the OSD map: give the mark-down time to take
+    // effect, then require both clean figures and a read of the store that the OSD serves.
+    std::thread::sleep(Duration::from_secs(3));
+    let pool = std::env::var("CEPH_POOL").unwrap_or_default();
+    let serves = || {
+        Command::new("timeout")
+            .args(["5", "rados", "-p", &pool, "listomapkeys", VOLUMES])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
     while t.elapsed() < Duration::from_secs(60) {
-        let stat = ceph(&["pg", "stat"]);
         // e.g. "9 pgs: 9 active+clean; 70 B data, …"
-        let clean = pg_stat_all_clean(&stat);
-        if clean {
+        let clean = pg_stat_all_clean(&ceph(&["pg", "stat"]));
+        if clean && serves() {
             eprintln!(
                 "cluster healthy again after {:.1}s",
                 t.elapsed().as_secs_f64()
