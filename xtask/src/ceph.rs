@@ -99,6 +99,25 @@ pub const SUITES: &[&[&str]] = &[
     ],
 ];
 
+/// The suite of [`SUITES`] that runs integration test file `test` (`tests/tests/<test>.rs`).
+pub fn suite(test: &str) -> Option<&'static [&'static str]> {
+    SUITES
+        .iter()
+        .copied()
+        .find(|s| s.windows(2).any(|w| w == ["--test", test]))
+}
+
+/// `cargo ARGV` of a suite against `cluster`: its environment, and `CEPHVOL_INTEGRATION=1`, under
+/// which the suites fail instead of skipping when the cluster environment is missing.
+pub fn suite_command(cluster: &Cluster, argv: &[&str]) -> std::process::Command {
+    let mut cmd = util::cargo_command();
+    cmd.args(argv)
+        .envs(cluster.env_vars())
+        .env("CEPHVOL_INTEGRATION", "1")
+        .current_dir(util::root());
+    cmd
+}
+
 /// Checks of the `ceph` feature that `cargo xtask test` (default features) does not cover; they run
 /// before the cluster comes up.
 pub const CHECKS: &[&[&str]] = &[&[
@@ -205,14 +224,7 @@ pub fn integration(args: &[String]) -> Result<()> {
         let t = Instant::now();
         let mut argv: Vec<&str> = suite.to_vec();
         argv.extend(&extra);
-        let result = util::run(
-            util::cargo_command()
-                .args(&argv)
-                .envs(cluster.env_vars())
-                // The suites fail instead of skipping when the cluster env is missing.
-                .env("CEPHVOL_INTEGRATION", "1")
-                .current_dir(util::root()),
-        );
+        let result = util::run(&mut suite_command(&cluster, &argv));
         timings.push((argv.join(" "), t.elapsed()));
         if let Err(e) = result {
             failed.push(format!("{e:#}"));

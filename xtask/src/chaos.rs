@@ -11,25 +11,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::ceph::{ensure_suite_packages, Cluster, UpOutcome};
-use crate::util;
+use crate::ceph::{ensure_suite_packages, suite, suite_command, Cluster, UpOutcome};
 
 /// Kills of a run without `--kills`.
 const DEFAULT_KILLS: u32 = 20;
-
-/// The test, as `cargo` arguments.
-const TEST: &[&str] = &[
-    "test",
-    "-p",
-    "tests",
-    "--features",
-    "ceph",
-    "--test",
-    "e2e_ceph_chaos",
-    "--",
-    "--ignored",
-    "--nocapture",
-];
 
 /// `cargo xtask chaos [--kills N] [--seed S]`.
 pub fn run(args: &[String]) -> Result<()> {
@@ -53,12 +38,12 @@ pub fn run(args: &[String]) -> Result<()> {
     let outcome = cluster.up()?;
     eprintln!("chaos: cluster {outcome:?}");
 
-    let mut cmd = util::cargo_command();
-    cmd.args(TEST)
-        .envs(cluster.env_vars())
-        .env("CEPHVOL_INTEGRATION", "1")
-        .env("CEPHVOL_CHAOS_KILLS", kills.to_string())
-        .current_dir(util::root())
+    let mut argv = suite("e2e_ceph_chaos")
+        .context("the chaos test is one of the integration suites")?
+        .to_vec();
+    argv.push("--nocapture");
+    let mut cmd = suite_command(&cluster, &argv);
+    cmd.env("CEPHVOL_CHAOS_KILLS", kills.to_string())
         .stderr(Stdio::piped());
     if let Some(seed) = seed {
         cmd.env("CEPHVOL_CHAOS_SEED", seed.to_string());
