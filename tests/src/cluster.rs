@@ -581,6 +581,18 @@ impl Ceph {
         }
     }
 
+    /// Removes the cached OS image of `digest` the way the daemon leaves it (`snap_<digest>` with
+    /// its protected snapshot `v1`) and its Snapshot record, with the CLIs; panics if a step
+    /// fails (the test expects the image to be there).
+    pub fn remove_os_image(&self, digest: &str) {
+        let image = format!("snap_{digest}");
+        let v1 = self.spec(&format!("{image}@v1"));
+        self.run("rbd", &["snap", "unprotect", &v1]);
+        self.run("rbd", &["snap", "rm", "--no-progress", &v1]);
+        self.run("rbd", &["rm", "--no-progress", &self.spec(&image)]);
+        self.run("rados", &["-p", &self.pool, "rmomapkey", SNAPSHOTS, digest]);
+    }
+
     /// Removes one omap record (clean-up; failures are only printed).
     pub fn remove_record(&self, object: &str, key: &str) {
         if let Err(e) = self.try_run("rados", &["-p", &self.pool, "rmomapkey", object, key]) {

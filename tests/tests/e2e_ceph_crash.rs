@@ -471,21 +471,7 @@ async fn a_killed_daemon_finishes_populate_and_flatten_after_restart_without_lea
     drop(c);
     let status = d.terminate().await;
     assert!(status.success(), "daemon exit {status}:\n{}", d.logs());
-    ceph.run(
-        "rbd",
-        &["snap", "unprotect", &ceph.spec(&format!("{os_image}@v1"))],
-    );
-    ceph.run(
-        "rbd",
-        &[
-            "snap",
-            "rm",
-            "--no-progress",
-            &ceph.spec(&format!("{os_image}@v1")),
-        ],
-    );
-    ceph.run("rbd", &["rm", "--no-progress", &ceph.spec(&os_image)]);
-    ceph.run("rados", &["-p", &pool, "rmomapkey", SNAPSHOTS, &digest]);
+    ceph.remove_os_image(&digest);
     ceph.assert_consistent("after the clean-up");
     assert_eq!(
         ceph.images(),

@@ -493,26 +493,11 @@ async fn two_daemons_on_one_pool_run_each_operation_once() {
         })
         .await;
     }
-    let os_image = format!("snap_{digest}");
     let status = b.d.terminate().await;
     assert!(status.success(), "standby exit {status}");
     let status = a.d.terminate().await;
     assert!(status.success(), "leader exit {status}");
-    ceph.run(
-        "rbd",
-        &["snap", "unprotect", &ceph.spec(&format!("{os_image}@v1"))],
-    );
-    ceph.run(
-        "rbd",
-        &[
-            "snap",
-            "rm",
-            "--no-progress",
-            &ceph.spec(&format!("{os_image}@v1")),
-        ],
-    );
-    ceph.run("rbd", &["rm", "--no-progress", &ceph.spec(&os_image)]);
-    ceph.remove_record(SNAPSHOTS, &digest);
+    ceph.remove_os_image(&digest);
     left.done();
     step(t0, "cleaned up");
 }
