@@ -26,6 +26,7 @@ use bytes::Bytes;
 use rbd_testkit::fake::{MemoryBackend, Op};
 use store::{ImageState, ListOptions, Snapshot, SnapshotSource, SnapshotState, StoreError};
 
+use super::util::on_fresh_runtime;
 use super::world::{
     controller_config, managed, os_volume, volume, wait_until, Design, PacedSource, Provider, MIB,
 };
@@ -163,14 +164,7 @@ pub fn run(opts: &Opts, _rt: &tokio::runtime::Runtime) -> Result<Vec<Figure>> {
 
 /// One run on a fresh runtime.
 fn scenario(p: &Params, design: Design, loaded: bool) -> Result<Outcome> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
-    let out = rt.block_on(scenario_async(p, design, loaded));
-    rt.shutdown_background();
-    let out = out?;
+    let out = on_fresh_runtime(scenario_async(p, design, loaded))??;
     eprintln!(
         "  fairness {} {}: deletion {:.2} s, {} OS-image volumes not yet Available",
         design.label(),

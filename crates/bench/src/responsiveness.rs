@@ -37,6 +37,7 @@ use rbd_testkit::fake::{MemoryBackend, Op};
 use store::{ImageState, Snapshot, SnapshotSource, SnapshotState};
 use volumeprovider::image_source::{OciImageSource, OciOptions};
 
+use super::util::on_fresh_runtime;
 use super::world::{
     controller_config, encrypted_volume, managed, os_volume, volume, wait_until, BlackHole, Clock,
     Design, Provider, Samples, MIB,
@@ -324,16 +325,7 @@ pub fn run(opts: &Opts, _rt: &tokio::runtime::Runtime) -> Result<Vec<Figure>> {
 
 /// One run on a fresh runtime (2 worker threads, as the daemon on this machine).
 fn scenario(p: &Params, design: Design, load: Load) -> Result<Outcome> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
-    let out = rt.block_on(scenario_async(p, design, load));
-    // Formats, resolves and flattens still waiting in the background are dropped with the
-    // runtime.
-    rt.shutdown_background();
-    let out = out?;
+    let out = on_fresh_runtime(scenario_async(p, design, load))??;
     eprintln!(
         "  responsiveness {} {}: {}",
         design.label(),

@@ -18,6 +18,20 @@ pub fn temp_dir(what: &str, base: Option<&Path>) -> Result<tempfile::TempDir> {
     .with_context(|| format!("creating a temporary directory for {what}"))
 }
 
+/// Runs `fut` on a fresh tokio runtime with 2 worker threads (as the daemon on the 2-core
+/// machine the figures are measured on); what the scenario leaves running in the background
+/// (formats, resolves, flattens still waiting) is dropped with the runtime.
+pub fn on_fresh_runtime<F: std::future::Future>(fut: F) -> Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let out = rt.block_on(fut);
+    rt.shutdown_background();
+    Ok(out)
+}
+
 /// Median of samples (upper median for an even count); 0 when empty.
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
