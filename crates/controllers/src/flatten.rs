@@ -1,6 +1,7 @@
 //! Flattening the clones of an rbd image or snapshot, on the runner: [`flatten_all`] (used by the
 //! snapshot deletion path and by the image deletion path) and the image deletion's op "flatten
-//! children". Progress counts children, not bytes; listing the children is bounded by
+//! children". Under the deferred deletion policy only the clones of orphan rbd snapshots (no
+//! Snapshot object will remove them) are flattened here; nothing else is. Progress counts children, not bytes; listing the children is bounded by
 //! `list_children_timeout`, the flattens by the stall watchdog. Shared by both reconcilers,
 //! depends on neither.
 
@@ -15,40 +16,61 @@ use crate::report::{Audience, ProgressEvents, Unit};
 use crate::status::persist_progress;
 use crate::{image_key, volume_image_name, ControllerError, Result};
 
-/// Op "flatten children" (`image:<id>`, step 3 of the image deletion path): flattens every child
-/// of `img_<id>` while the image is being deleted and in `FlatteningChildren`.
-pub(crate) async fn flatten_children(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
+/// Op "flatten children" (`image:<id>`, of the image deletion path): while the image is being
+/// deleted and in `FlatteningChildren` (policy flatten) or `Retained` (policy deferred), flattens
+/// the children of `img_<id>`: of every snapshot (`only` = `None`), or of the named snapshots
+/// only (the deferred policy's orphans: rbd snapshots no Snapshot object will remove).
+pub(crate) async fn flatten_children(
+    ctx: Arc<Ctx>,
+    id: String,
+    only: Option<Vec<String>>,
+    env: OpEnv,
+) -> Result<()> {
     let Some(img) = get_opt(&ctx.images, &id).await? else {
         return Ok(());
     };
-    if !img.metadata.is_deleted() || img.status.state != ImageState::FlatteningChildren {
+    let applies = matches!(
+        img.status.state,
+        ImageState::FlatteningChildren | ImageState::Retained
+    );
+    if !img.metadata.is_deleted() || !applies {
         return Ok(());
     }
     let name = volume_image_name(&id);
-    let report = ProgressEvents::new(
-        Audience::Object(img.metadata.clone()),
-        (reason::FLATTEN_PROGRESS, reason::FLATTEN_COMPLETED),
-        action::DELETE_IMAGE,
-        (
-            "flattening the clones of this volume's snapshots",
-            "flattened clones:",
-        ),
-        Unit::Clones,
-    );
-    let result = flatten_all(
-        &ctx,
-        &image_key(&id),
-        &name,
-        None,
-        &env,
-        |d, t| {
-            let ctx = ctx.clone();
-            let id = id.clone();
-            async move { persist_progress(&ctx.images, &id, d, t).await }
-        },
-        report,
-    )
-    .await;
+    let snaps: Vec<Option<&str>> = match &only {
+        None => vec![None],
+        Some(list) => list.iter().map(|s| Some(s.as_str())).collect(),
+    };
+    let mut result = Ok(());
+    for snap in snaps {
+        let report = ProgressEvents::new(
+            Audience::Object(img.metadata.clone()),
+            (reason::FLATTEN_PROGRESS, reason::FLATTEN_COMPLETED),
+            action::DELETE_IMAGE,
+            (
+                "flattening the clones of this volume's snapshots",
+                "flattened clones:",
+            ),
+            Unit::Clones,
+        );
+        result = flatten_all(
+            &ctx,
+            &image_key(&id),
+            &name,
+            snap,
+            &env,
+            |d, t| {
+                let ctx = ctx.clone();
+                let id = id.clone();
+                async move { persist_progress(&ctx.images, &id, d, t).await }
+            },
+            report,
+        )
+        .await;
+        if result.is_err() {
+            break;
+        }
+    }
     if let Err(e) = &result {
         let msg = e.to_string();
         let _ = modify(&ctx.images, &id, |i: &mut Image| {

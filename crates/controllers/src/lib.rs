@@ -30,7 +30,10 @@
 //!   snapshot that becomes `Ready`/`Failed` or is deleted wakes the images whose
 //!   `spec.snapshotRef` names it; an image that becomes `Available`/`Error` or is deleted wakes
 //!   the snapshot it names (a deletion waiting for it, an OS image losing its last user); a
-//!   re-homed snapshot image wakes the volume being deleted.
+//!   re-homed snapshot image wakes the volume being deleted; a snapshot that goes wakes its source
+//!   volume (a retained volume may go with it); a snapshot that becomes `Ready` wakes the snapshot
+//!   its source volume was restored from (that restore was flattened first: a retained snapshot
+//!   may have lost its last clone).
 //! * **Nothing slow in a pass.** A reconcile pass only reads, decides, makes metadata calls
 //!   (milliseconds) and submits. Every call that can take longer — resolving an OS image at its
 //!   registry, opening and copying a rootfs, LUKS2 format (seconds of key derivation), encrypted
@@ -87,14 +90,48 @@
 //! * **Snapshots of restores**: a restore that is still a clone of a volume snapshot is flattened
 //!   before it is snapshotted, because a clone's own snapshots keep its parent snapshot busy for
 //!   good (no flatten detaches them) and the parent volume could never be deleted.
-//! * **Orphan rbd snapshots**: when a volume is deleted, rbd snapshots on it without a
-//!   live Snapshot object (no record, record deleted or `Failed`) cannot be referenced by anyone;
-//!   their children are flattened and they are removed, so deletion never blocks on them.
+//! * **Orphan rbd snapshots**: when a volume is deleted, rbd snapshots on it that no Snapshot
+//!   object will ever remove (no record; under the flatten policy also a deleted or `Failed`
+//!   record, under the deferred policy a `Failed` one) cannot be referenced by anyone; their
+//!   children are flattened and they are removed, so deletion never blocks on them.
 //! * **OS-image snapshots** are kept after their volumes are gone, as a cache for the next volume
 //!   of the same digest, for `os_image_gc_grace` (default 24 h; 0 keeps them for ever), then
 //!   removed; never while an image references them. A `Failed` one that volumes wait for is
 //!   populated again after `os_image_retry` (default 10 min). A populate whose last waiting
 //!   volume is deleted is cancelled.
+//!
+//! # Deletion policies
+//! What deleting a volume or a volume snapshot does with the data that others still need
+//! ([`DeletePolicy`], `ControllerConfig::delete_policy`, the daemon's `--delete-policy`):
+//!
+//! * **`deferred`** (the default): zero-copy. A deleted volume whose rbd image still holds
+//!   snapshots with a Snapshot object becomes `Retained`: hidden (the volume server never lists
+//!   it and answers NOT_FOUND for it), its record kept with `deletedAt` and its finalizer, and
+//!   `img_<id>` kept in place, under its name, untouched (nothing writes it: the record is never
+//!   provisioned again). Its snapshots stay `Ready` and restorable where they are
+//!   (`img_<id>@<snapshot>`, so `locate.rs`, Go records and restarts see nothing move); their
+//!   restores stay clones. A deleted volume snapshot whose rbd snapshot still has clones becomes
+//!   `Retained` the same way (hidden, rbd snapshot kept) until its last clone is deleted (or
+//!   flattened for another reason, e.g. before it is snapshotted); then the rbd snapshot is
+//!   unprotected and removed and the record goes. When a retained volume's last snapshot is gone,
+//!   `img_<id>` is removed and the record goes. Nothing is copied at any point. Wake-ups: a
+//!   restore that goes (or is flattened before its snapshot) wakes the snapshot it was restored
+//!   from; a snapshot that goes wakes its source volume.
+//! * **`flatten`**: the Go provider's. Deleting a volume re-homes each live snapshot onto an
+//!   internal clone `img_<snapshot>`, flattens every child of the volume (re-home clones and
+//!   restores: full copies), moves the snapshots and removes the volume's image; deleting a
+//!   snapshot flattens its restores before removing the rbd snapshot.
+//!
+//! OS-image snapshots are deleted the `flatten` way under both policies (they are removed only
+//! once no volume references them, so they have no clones left to flatten).
+//!
+//! Both are restart-safe: every state is written before the work it announces, and every pass
+//! starts again from what the store and the pool say. Switching the policy between restarts
+//! converges too: under `flatten` a `Retained` volume or snapshot is taken up by the flatten
+//! path (its dependants are flattened, then it is removed); under `deferred` a volume or snapshot
+//! left `FlatteningChildren` / `Flattening` by a flatten-policy run is retained instead (the
+//! internal re-home images made for snapshots that were not moved yet are deleted: their
+//! snapshots stay where they are). The step tables are in `image/delete.rs` and `snapshot/mod.rs`.
 //!
 //! # Faults and what they produce
 //! What each fault that a real cluster and a real guest expose now produces (state, event,
@@ -173,8 +210,8 @@
 //! # Store labels used by the controllers
 //! The keys are defined in [`store::keys`].
 //! * [`store::keys::INTERNAL_LABEL`] `= "rehome"` marks the internal images made when a volume
-//!   with snapshots is deleted (each of its snapshots is re-homed onto a standalone image whose id
-//!   is the snapshot id). They carry no manager label, and the volume server lists only objects
+//!   with snapshots is deleted under the flatten policy (each of its snapshots is re-homed onto a
+//!   standalone image whose id is the snapshot id). They carry no manager label, and the volume server lists only objects
 //!   with the manager label, so it never lists them; [`store::keys::REHOME_OF_LABEL`] names the
 //!   volume they were made for.
 
@@ -276,6 +313,53 @@ pub enum ControllerError {
 /// Result alias of this crate.
 pub type Result<T, E = ControllerError> = std::result::Result<T, E>;
 
+/// What deleting a volume or a volume snapshot does with data that others still need (see the
+/// crate docs, *Deletion policies*). `--delete-policy` of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DeletePolicy {
+    /// Zero-copy: the deleted volume's image (the deleted snapshot's rbd snapshot) is kept hidden
+    /// until the last snapshot and clone that need it are gone. The default.
+    #[default]
+    Deferred,
+    /// The Go provider's: the dependants are flattened (full copies) and the volume's snapshots
+    /// re-homed, then the image (rbd snapshot) is removed at once.
+    Flatten,
+}
+
+impl DeletePolicy {
+    /// Every policy, the default first.
+    pub const ALL: [DeletePolicy; 2] = [DeletePolicy::Deferred, DeletePolicy::Flatten];
+
+    /// The flag's name of the policy: `"deferred"` or `"flatten"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeletePolicy::Deferred => "deferred",
+            DeletePolicy::Flatten => "flatten",
+        }
+    }
+}
+
+impl std::fmt::Display for DeletePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeletePolicy {
+    type Err = ControllerError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        DeletePolicy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                ControllerError::Config(format!(
+                    "unknown delete policy {s:?} (use deferred or flatten)"
+                ))
+            })
+    }
+}
+
 /// Settings of the reconcilers (CLI flags of the provider).
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -333,6 +417,9 @@ pub struct ControllerConfig {
     /// next volume of the same digest) before it is removed (`--os-image-gc-grace`, default
     /// 24 h). Zero keeps them for ever.
     pub os_image_gc_grace: Duration,
+    /// What deleting a volume or snapshot does with data others still need
+    /// (`--delete-policy`, default [`DeletePolicy::Deferred`]; see the crate docs).
+    pub delete_policy: DeletePolicy,
     /// **Reference baseline for benchmarks only**: imitate one of the Go provider's designs
     /// instead of running every long operation on the runner (see [`Baseline`]). Default
     /// [`Baseline::None`].
@@ -383,6 +470,7 @@ impl Default for ControllerConfig {
             list_children_timeout: Duration::from_secs(60),
             os_image_retry: Duration::from_secs(10 * 60),
             os_image_gc_grace: DEFAULT_OS_IMAGE_GC_GRACE,
+            delete_policy: DeletePolicy::Deferred,
             baseline: Baseline::None,
         }
     }

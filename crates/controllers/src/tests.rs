@@ -124,7 +124,7 @@ async fn a_flatten_that_fails_half_way_fails_the_operation_and_is_resumed_by_the
     img.status.state = ImageState::FlatteningChildren;
     ctx.images.update(&img).await.unwrap();
 
-    let err = flatten::flatten_children(ctx.clone(), "v".into(), env())
+    let err = flatten::flatten_children(ctx.clone(), "v".into(), None, env())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("osd down"), "{err}");
@@ -140,7 +140,7 @@ async fn a_flatten_that_fails_half_way_fails_the_operation_and_is_resumed_by_the
         img.status.message
     );
 
-    flatten::flatten_children(ctx.clone(), "v".into(), env())
+    flatten::flatten_children(ctx.clone(), "v".into(), None, env())
         .await
         .unwrap();
 }
@@ -160,7 +160,7 @@ async fn a_flattened_child_still_listed_is_reported_instead_of_spinning() {
     let mut img = ctx.images.get("v").await.unwrap();
     img.status.state = ImageState::FlatteningChildren;
     ctx.images.update(&img).await.unwrap();
-    let err = flatten::flatten_children(ctx, "v".into(), env())
+    let err = flatten::flatten_children(ctx, "v".into(), None, env())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("img_r still depend"), "{err}");

@@ -241,6 +241,16 @@ async fn on_snapshot_event(ctx: &Ctx, ev: WatchEvent<Snapshot>) {
     if gone || settled || snap.metadata.is_deleted() {
         wake_dependents(ctx, &snap.metadata.id).await;
     }
+    let volume = &snap.source.volume_image_id;
+    if gone && !volume.is_empty() {
+        // A retained volume waits for its last snapshot to go.
+        ctx.image_queue.add(volume.clone());
+    }
+    if !gone && !volume.is_empty() && snap.status.state == SnapshotState::Ready {
+        // A restore is flattened before it is snapshotted: the snapshot it was restored from
+        // may have lost its last clone (a retained snapshot waits for that).
+        wake_restored_from(ctx, volume).await;
+    }
     if !gone {
         ctx.snapshot_queue.add(snap.metadata.id);
     }
@@ -260,6 +270,20 @@ async fn wake_dependents(ctx: &Ctx, id: &str) {
             // The periodic resync catches up if every attempt fails.
             Err(e) => warn!(snapshot = id, attempt, error = %e, "listing dependent images failed"),
         }
+    }
+}
+
+/// Enqueues the snapshot that volume `id` was restored from, if any.
+async fn wake_restored_from(ctx: &Ctx, id: &str) {
+    match ctx.images.get(id).await {
+        Ok(img) => {
+            if let Some(sid) = img.spec.snapshot_ref {
+                ctx.snapshot_queue.add(sid);
+            }
+        }
+        Err(store::StoreError::NotFound(_)) => {}
+        // The periodic resync catches up.
+        Err(e) => warn!(image = id, error = %e, "reading a snapshot's source volume failed"),
     }
 }
 

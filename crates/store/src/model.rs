@@ -5,7 +5,9 @@
 //! RFC 3339 with up to nine fraction digits (trailing zeros trimmed, like Go's `RFC3339Nano`), `deletedAt` and
 //! `finalizers` omitted when absent/empty. Records written by the Go provider are read and written back with the
 //! same meaning; the fields that exist only in this port (`progress`, `message`, `headerSize`) are omitted when empty, so the Go
-//! provider can still read what we write (it ignores unknown keys anyway).
+//! provider can still read what we write (it ignores unknown keys anyway). The states only this port writes
+//! (`Filling`, `Resolving`, `Formatting`, `Error`, `Retained`) use the same layout; the Go provider keeps an
+//! unknown state verbatim and its deletion path does not look at the state of a record with `deletedAt`.
 //!
 //! `status.headerSize` (ours, omitted when 0) marks the layout of an encrypted volume: see [`ImageStatus::header_size`].
 //!
@@ -192,6 +194,10 @@ string_enum! {
         Formatting => "Formatting",
         /// Ours: provisioning failed; `status.message` says why.
         Error => "Error",
+        /// Ours: deleted under the deferred deletion policy while its rbd image still holds
+        /// snapshots that others need; kept hidden (never listed through IRI) with `deletedAt` and
+        /// its finalizer until the last of them is gone, then removed.
+        Retained => "Retained",
     }
 }
 
@@ -213,6 +219,10 @@ string_enum! {
         Ready => "Ready",
         /// Terminal failure.
         Failed => "Failed",
+        /// Ours: deleted under the deferred deletion policy while volumes restored from it are
+        /// still clones of it; kept hidden (never listed through IRI) with `deletedAt` and its
+        /// finalizer, and its rbd snapshot kept, until the last clone is gone.
+        Retained => "Retained",
     }
 }
 

@@ -1,5 +1,5 @@
 //! The JSON layout is the Go provider's: records written by Go read and write back unchanged, and
-//! the states only we write (`Filling`, `Resolving`, `Formatting`) use the same layout.
+//! the states only we write (`Filling`, `Resolving`, `Formatting`, `Retained`) use the same layout.
 
 use std::path::PathBuf;
 
@@ -105,6 +105,27 @@ fn a_deleting_image_flattening_children_round_trips_byte_for_byte() {
     let enc = img.spec.encryption.expect("encryption");
     assert_eq!(enc.encryption_type, EncryptionType::Unencrypted);
     assert!(enc.encrypted_passphrase.is_empty());
+}
+
+#[test]
+fn a_retained_image_of_the_deferred_deletion_round_trips_byte_for_byte() {
+    let img: Image = round_trips_byte_for_byte("image_retained.json");
+    assert!(img.metadata.is_deleted());
+    assert!(img.metadata.has_finalizer(keys::IMAGE_FINALIZER));
+    assert_eq!(img.status.state, ImageState::Retained);
+    assert_eq!(img.status.state.as_str(), "Retained");
+    assert!(img.status.message.starts_with("kept hidden"));
+    assert!(img.status.access.is_some(), "access data is kept as it was");
+}
+
+#[test]
+fn a_retained_snapshot_of_the_deferred_deletion_round_trips_byte_for_byte() {
+    let s: Snapshot = round_trips_byte_for_byte("snapshot_retained.json");
+    assert!(s.metadata.is_deleted());
+    assert!(s.metadata.has_finalizer(keys::SNAPSHOT_FINALIZER));
+    assert_eq!(s.status.state, SnapshotState::Retained);
+    assert_eq!(SnapshotState::from("Retained"), SnapshotState::Retained);
+    assert_eq!(s.status.size, 1_073_741_824);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The image reconciler: one stored [`store::Image`] ↔ one RBD image `img_<id>`. Owns
-//! provisioning, resizing, access data and the deletion of volumes, including re-homing their
-//! snapshots; the long steps run on the runner under the key `image:<id>`. It touches Snapshot
+//! provisioning, resizing, access data and the deletion of volumes under both deletion policies
+//! (keeping a deleted volume's image hidden while its snapshots need it, or re-homing its
+//! snapshots); the long steps run on the runner under the key `image:<id>`. It touches Snapshot
 //! objects only to create an OS image's snapshot, to mark one `Failed` whose rbd snapshot vanished
 //! (the shared write in `status.rs`), to repoint re-homed ones and to delete an OS image's
 //! snapshot whose populate no volume waits for any more; it does not depend on the
@@ -13,7 +14,8 @@
 //!   end in `Available`, and the `Available` checks (resize, access data).
 //! * `format.rs`: the `Formatting` state's op "format", the LUKS2 header of an empty volume.
 //! * `fill.rs`: the `Filling` state's op "fill", the encrypted copy of a restore of plain data.
-//! * `delete.rs`: the deletion path and the re-homing of snapshots (its step table is there).
+//! * `delete.rs`: the deletion path under both policies, `Retained` and the re-homing of
+//!   snapshots (its step tables are there).
 //! * `encryption.rs`: what the phases ask about encryption (wanted? source encrypted? passphrase).
 //!
 //! # States (`status.state`) and transitions

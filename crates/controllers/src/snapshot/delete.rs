@@ -1,9 +1,12 @@
-//! The deletion path of a snapshot (`deletedAt` set; its table is in `mod.rs`) and its op
-//! "flatten" (`snapshot:<id>`, class `flatten`, on the runner).
+//! The deletion path of a snapshot (`deletedAt` set; its table is in `mod.rs`), under both
+//! deletion policies: `deferred` keeps a volume snapshot with clones `Retained` (hidden, rbd
+//! snapshot kept) until its last clone is gone; `flatten` flattens the clones with the op
+//! "flatten" (`snapshot:<id>`, class `flatten`, on the runner). OS-image snapshots always take
+//! the flatten path.
 
 use std::sync::Arc;
 
-use rbd::RbdError;
+use rbd::{CancellationToken, RbdError};
 use store::keys::{IMAGE_FINALIZER, INTERNAL_LABEL, SNAPSHOT_FINALIZER};
 use store::{ImageState, ListOptions, Snapshot, SnapshotState, FIELD_SNAPSHOT_REF};
 use tracing::{debug, info, warn};
@@ -15,7 +18,7 @@ use crate::events::{action, reason};
 use crate::flatten::flatten_all;
 use crate::report::{Audience, ProgressEvents, Unit};
 use crate::status::persist_progress;
-use crate::{snapshot_key, source_details, volume_image_name, OpClass, Result};
+use crate::{snapshot_key, source_details, volume_image_name, DeletePolicy, OpClass, Result};
 
 /// Deletion path (see the module docs).
 pub(super) async fn delete(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action> {
@@ -52,6 +55,9 @@ pub(super) async fn delete(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action>
             return Ok(Action::Wait);
         }
     }
+    if ctx.cfg.delete_policy == DeletePolicy::Deferred && !is_os(&snap) {
+        return deferred(ctx, snap).await;
+    }
     if snap.status.state != SnapshotState::Flattened {
         if snap.status.state != SnapshotState::Flattening {
             snap.status.state = SnapshotState::Flattening;
@@ -66,7 +72,87 @@ pub(super) async fn delete(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action>
             })
             .await;
     }
-    // Cleanup.
+    cleanup(ctx, snap).await
+}
+
+/// Policy `deferred` for a volume snapshot: kept `Retained` while its rbd snapshot has clones
+/// (other than an internal re-home image that was made for it and is deleted here), else cleaned
+/// up at once. An unprotect refused after the listing showed no clone (a clone that appeared
+/// meanwhile, or clones the listing cannot see, e.g. in the rbd trash) fails the pass: retried
+/// with the key's failure backoff, never in a tight loop.
+async fn deferred(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action> {
+    let id = snap.metadata.id.clone();
+    let Some((parent, psnap)) = source_details(&snap) else {
+        return finish(ctx, snap).await;
+    };
+    drop_unmoved_rehome_image(ctx, &snap).await?;
+    let children = match ctx
+        .list_children(&parent, Some(&psnap), &CancellationToken::new())
+        .await
+    {
+        Ok(c) => c,
+        Err(RbdError::NotFound(_)) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    if !children.is_empty() {
+        let names: Vec<&str> = children.iter().map(|c| c.image.as_str()).collect();
+        let note = format!(
+            "kept hidden until its clones are gone: {}",
+            names.join(", ")
+        );
+        if snap.status.state != SnapshotState::Retained || snap.status.message != note {
+            if snap.status.state != SnapshotState::Retained {
+                info!(snapshot = %id, clones = ?names, "snapshot retained: hidden until its clones are gone");
+            }
+            snap.status.state = SnapshotState::Retained;
+            snap.status.message = note;
+            snap.status.progress = None;
+            ctx.snapshots.update(&snap).await?;
+        }
+        return Ok(Action::Done);
+    }
+    match ctx.backend.unprotect_snapshot(&parent, &psnap).await {
+        Ok(()) | Err(RbdError::NotFound(_)) => {}
+        Err(RbdError::Busy(reason)) => {
+            return Err(RbdError::Busy(format!(
+                "{parent}@{psnap} cannot be unprotected although no clone is listed ({reason}): \
+                 clones in the rbd trash?"
+            ))
+            .into())
+        }
+        Err(e) => return Err(e.into()),
+    }
+    ignore_not_found(ctx.backend.remove_snapshot(&parent, &psnap).await)?;
+    finish(ctx, snap).await
+}
+
+/// The internal re-home image `<id>` that a flatten-policy deletion of the snapshot's volume made
+/// for it, while the snapshot was not moved onto it yet (it still points at its volume): not
+/// needed any more, and as a clone of this snapshot it would keep the snapshot for ever. Deleted
+/// (its own reconciler removes `img_<id>`, which wakes this snapshot).
+async fn drop_unmoved_rehome_image(ctx: &Ctx, snap: &Snapshot) -> Result<()> {
+    let id = &snap.metadata.id;
+    if snap.source.volume_image_id == *id {
+        return Ok(());
+    }
+    let Some(r) = get_opt(&ctx.images, id).await? else {
+        return Ok(());
+    };
+    if !r.metadata.labels.contains_key(INTERNAL_LABEL) || r.metadata.is_deleted() {
+        return Ok(());
+    }
+    info!(snapshot = %id, "deferred deletion: the unmoved re-home image is not needed");
+    match ctx.images.delete(id).await {
+        Ok(()) | Err(store::StoreError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Policy `flatten`, state `Flattened`: unprotect (a refusal flattens again after the key's
+/// backoff), remove the rbd snapshot, then [`finish`].
+async fn cleanup(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action> {
+    let id = snap.metadata.id.clone();
+    let key = snapshot_key(&id);
     if let Some((parent, psnap)) = source_details(&snap) {
         match ctx.backend.unprotect_snapshot(&parent, &psnap).await {
             Ok(()) | Err(RbdError::NotFound(_)) => {}
@@ -94,6 +180,14 @@ pub(super) async fn delete(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action>
             remove_os_image(ctx, &parent).await?;
         }
     }
+    finish(ctx, snap).await
+}
+
+/// The end of both policies, once the rbd snapshot is gone: the image that held a re-homed
+/// snapshot is deleted, **then** the finalizer is dropped (the object vanishes; that wakes the
+/// snapshot's source volume, which a retained volume waits for).
+async fn finish(ctx: &Ctx, mut snap: Snapshot) -> Result<Action> {
+    let id = snap.metadata.id.clone();
     remove_rehome_image(ctx, &snap).await?;
     if snap.metadata.remove_finalizer(SNAPSHOT_FINALIZER) {
         match ctx.snapshots.update(&snap).await {

@@ -34,19 +34,26 @@
 //! | `Failed` (OS) | images reference it | after `os_image_retry` (default 10 min) since it was seen failed: `Pending` (populated again; the waiting volumes follow it) |
 //! | `Failed` (OS) | no image references it | as `Ready` (OS): deleted after the grace period |
 //! | `Failed` (volume snapshot) | — | terminal (only deletion) |
-//! | `Flattening`, `Flattened`, unknown | without `deletedAt` (cannot happen through this reconciler) | `Failed` + message |
+//! | `Flattening`, `Flattened`, `Retained`, unknown | without `deletedAt` (cannot happen through this reconciler) | `Failed` + message |
 //!
 //! An OS snapshot still `Pending`/`Populating` whose last waiting volume is deleted is deleted by
 //! that volume's deletion path (its populate is cancelled below).
 //!
 //! # Deletion path (`deletedAt` set)
 //!
+//! The first three rows hold under both deletion policies (see the crate docs, *Deletion
+//! policies*); then a volume snapshot under the `deferred` policy takes the `deferred` rows, every
+//! other snapshot (any under `flatten`, OS-image snapshots under both) the rows after them.
+//!
 //! | From | Condition | To / effect |
 //! |---|---|---|
 //! | any | finalizer missing | nothing |
 //! | not `Flattening`/`Flattened` | an operation (populate) is queued or running | it is cancelled (the populate removes its partial image); the pass waits for the completion |
-//! | `Ready` (not yet `Flattening`) | a restore (not internal, not an OS volume, not deleted) that references it has not got its data yet (`Pending` without its rbd image, or `Filling`) | kept: `status.message` names the restores; the restores' changes requeue it |
-//! | not `Flattened` | — | `Flattening`, op "flatten" (class `flatten`) submitted: lists the children of the rbd snapshot (within `list_children_timeout`) and flattens them (`status.progress` = children done/total, stall watchdog) → `Flattened` |
+//! | `Ready` (not yet `Flattening`/`Retained`) | a restore (not internal, not an OS volume, not deleted) that references it has not got its data yet (`Pending` without its rbd image, or `Filling`) | kept: `status.message` names the restores; the restores' changes requeue it |
+//! | any (`deferred`) | an internal re-home image `<id>` (made by a flatten-policy deletion of its volume) exists and the snapshot was not moved onto it | that image is deleted (its own reconciler removes `img_<id>`, which wakes the snapshot) |
+//! | any (`deferred`) | the rbd snapshot has clones (listed within `list_children_timeout`) | `Retained` (hidden: never listed, NOT_FOUND through IRI; `status.message` names the clones); nothing is copied. A clone that goes, or a clone flattened before it is snapshotted, wakes it |
+//! | any (`deferred`) | no clone | cleanup at once: rbd snapshot unprotected (refused: the pass fails and is retried with the key's failure backoff) and removed, then as the last cleanup row (re-home image, finalizer); the record going wakes the source volume (a `Retained` one may go now) |
+//! | not `Flattened` | — | `Flattening` (also from `Retained`: a policy switch), op "flatten" (class `flatten`) submitted: lists the children of the rbd snapshot (within `list_children_timeout`) and flattens them (`status.progress` = children done/total, stall watchdog) → `Flattened` |
 //! | `Flattened` | unprotect refused (`Busy`: a child appeared meanwhile, or children the flatten cannot reach, e.g. in the rbd trash) | `Flattening` again, `status.message` says why, and the pass fails: retried with the key's failure backoff (up to `max_backoff`), never in a tight loop |
 //! | `Flattened` | — | cleanup: rbd snapshot unprotected and removed; OS snapshot → `snap_<id>` removed; the image `<id>` that held it after its volume was deleted (by the parent-name rule: the snapshot lives on `img_<id>`; or labelled internal) is deleted — its record if there is one, else the rbd image `img_<id>` itself (re-homed by the Go provider, no record); **then** the finalizer is dropped (the object vanishes) |
 
