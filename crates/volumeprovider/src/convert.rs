@@ -111,6 +111,19 @@ pub fn is_internal_image(img: &Image) -> bool {
     !is_managed(&img.metadata) || img.spec.snapshot_ref.as_deref() == Some(img.metadata.id.as_str())
 }
 
+/// Whether the volume server shows this image as a volume: not internal, and not `Retained` (a
+/// volume deleted under the deferred deletion policy whose image is kept for its snapshots: gone
+/// for every client, NOT_FOUND by id).
+pub fn is_visible_volume(img: &Image) -> bool {
+    !is_internal_image(img) && img.status.state != ImageState::Retained
+}
+
+/// Whether the volume server shows this snapshot: managed by this provider and not `Retained` (a
+/// snapshot deleted under the deferred deletion policy whose rbd snapshot is kept for its clones).
+pub fn is_visible_snapshot(snap: &Snapshot) -> bool {
+    is_managed(&snap.metadata) && snap.status.state != SnapshotState::Retained
+}
+
 /// The IRI state of an image state (never fails).
 pub fn volume_state(state: &ImageState) -> volume_v1::VolumeState {
     match state {
@@ -121,6 +134,7 @@ pub fn volume_state(state: &ImageState) -> volume_v1::VolumeState {
         | ImageState::Formatting
         | ImageState::FlatteningChildren
         | ImageState::Filling
+        | ImageState::Retained
         | ImageState::Other(_) => volume_v1::VolumeState::VolumePending,
     }
 }
@@ -136,6 +150,7 @@ pub fn snapshot_state(state: &SnapshotState) -> volume_v1::VolumeSnapshotState {
         | SnapshotState::Populating
         | SnapshotState::Flattening
         | SnapshotState::Flattened
+        | SnapshotState::Retained
         | SnapshotState::Other(_) => volume_v1::VolumeSnapshotState::VolumeSnapshotPending,
     }
 }

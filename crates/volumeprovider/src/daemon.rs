@@ -380,6 +380,7 @@ async fn run(
             populator_buffer_size: args.populator_buffer(),
             populate_queue_depth: args.populate_queue_depth,
             os_image_gc_grace: args.os_image_gc_grace,
+            delete_policy: args.delete_policy,
             resolve_timeout: args.resolve_timeout,
             format_timeout: args.format_timeout,
             list_children_timeout: args.list_children_timeout,

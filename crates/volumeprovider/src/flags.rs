@@ -23,7 +23,7 @@
 //! Ours: `--backend local|ceph`, `--data-dir`, `--metrics-address`, `--log-format`, `--log-level`,
 //! `--socket-mode`, `--populate-queue-depth`, `--registry-insecure-hosts` (alias
 //! `--registry-plain-http`), `--registry-skip-tls-verify`, `--registry-ca-file`, `--docker-config`,
-//! `--shutdown-timeout`, `--max-volume-size`, `--os-image-gc-grace`, and the leader lease of the Ceph backend: `--leader-lease`,
+//! `--shutdown-timeout`, `--max-volume-size`, `--os-image-gc-grace`, `--delete-policy`, and the leader lease of the Ceph backend: `--leader-lease`,
 //! `--leader-renew-interval`, `--leader-id`, the Ceph timeouts `--ceph-op-timeout`,
 //! `--ceph-mon-timeout`, the runner's classes `--async-populate-share`, `--async-fill-share`,
 //! `--async-flatten-share`, `--async-aging`, and the deadlines of long operations
@@ -305,6 +305,13 @@ pub struct DaemonArgs {
     /// next volume of that image); 0 keeps them for ever.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub os_image_gc_grace: Duration,
+
+    /// What deleting a volume or volume snapshot does with data that restores still need:
+    /// `deferred` (zero-copy: the image or rbd snapshot is kept hidden, and removed when its last
+    /// snapshot or clone is gone) or `flatten` (the Go provider's: every clone is copied in full
+    /// before the deletion finishes).
+    #[arg(long, default_value = "deferred", value_parser = parse_delete_policy)]
+    pub delete_policy: controllers::DeletePolicy,
 
     /// Bound of the whole shutdown after SIGTERM/SIGINT: in-flight requests, the controllers'
     /// current passes, draining long operations (cancelled when it runs out; they resume from the
@@ -630,6 +637,12 @@ pub fn parse_mode(s: &str) -> std::result::Result<u32, String> {
     Ok(mode)
 }
 
+/// Parses `--delete-policy` (`deferred` or `flatten`).
+fn parse_delete_policy(s: &str) -> std::result::Result<controllers::DeletePolicy, String> {
+    s.parse()
+        .map_err(|e: controllers::ControllerError| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -646,6 +659,17 @@ mod tests {
         let mut v = vec!["cephvol"];
         v.extend_from_slice(args);
         T::try_parse_from(v).expect("flags parse").d
+    }
+
+    #[test]
+    fn the_delete_policy_defaults_to_deferred_and_refuses_unknown_names() {
+        assert_eq!(parse(&[]).delete_policy, controllers::DeletePolicy::Deferred);
+        let d = parse(&["--delete-policy=flatten"]);
+        assert_eq!(d.delete_policy, controllers::DeletePolicy::Flatten);
+        let err = T::try_parse_from(["cephvol", "--delete-policy=copy"])
+            .err()
+            .expect("an unknown policy is refused");
+        assert!(err.to_string().contains("deferred or flatten"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ impl VolumeServer {
             ("snapshot", "snapshots"),
             &filter.id,
             &filter.label_selector,
-            |s| convert::is_managed(&s.metadata),
+            convert::is_visible_snapshot,
             convert::volume_snapshot,
             |v| v.metadata.as_ref(),
         )
@@ -77,8 +77,9 @@ impl VolumeServer {
         validate::id(FIELD, &req.volume_snapshot_id)?;
         let id = &req.volume_snapshot_id;
         let snap = match self.inner.snapshots.get(id).await {
-            Ok(s) => s,
-            Err(StoreError::NotFound(_)) => {
+            // A `Retained` snapshot was deleted already: gone for clients.
+            Ok(s) if s.status.state != SnapshotState::Retained => s,
+            Ok(_) | Err(StoreError::NotFound(_)) => {
                 return Err(Status::not_found(format!(
                     "{FIELD}: snapshot {id} not found"
                 )))

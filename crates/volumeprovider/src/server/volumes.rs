@@ -15,18 +15,18 @@ impl VolumeServer {
             ("volume", "volumes"),
             &filter.id,
             &filter.label_selector,
-            |img| !convert::is_internal_image(img),
+            convert::is_visible_volume,
             convert::volume,
             |v| v.metadata.as_ref(),
         )
         .await
     }
 
-    /// Finds a managed, user-visible volume by id.
+    /// Finds a managed, user-visible volume by id (a `Retained` one is gone for clients).
     async fn get_volume(&self, field: &str, id: &str) -> Result<Image, Status> {
         let img = match self.inner.images.get(id).await {
-            Ok(img) => img,
-            Err(StoreError::NotFound(_)) => {
+            Ok(img) if img.status.state != ImageState::Retained => img,
+            Ok(_) | Err(StoreError::NotFound(_)) => {
                 return Err(Status::not_found(format!("{field}: volume {id} not found")))
             }
             Err(e) => return Err(store_err("volume", e)),
@@ -204,7 +204,7 @@ impl VolumeServer {
     ) -> Result<Snapshot, Status> {
         if validate::is_valid_id(name) {
             match self.inner.snapshots.get(name).await {
-                Ok(s) if convert::is_managed(&s.metadata) => return Ok(s),
+                Ok(s) if convert::is_visible_snapshot(&s) => return Ok(s),
                 Ok(_) | Err(StoreError::NotFound(_)) => {}
                 Err(e) => return Err(store_err("snapshot", e)),
             }
@@ -218,7 +218,7 @@ impl VolumeServer {
             .map_err(|e| store_err("snapshots", e))?;
         let candidates: Vec<Snapshot> = all
             .into_iter()
-            .filter(|s| !s.metadata.is_deleted())
+            .filter(|s| convert::is_visible_snapshot(s) && !s.metadata.is_deleted())
             .filter(|s| match convert::iri_labels(&s.metadata) {
                 Ok(l) => {
                     l.get(convert::SNAPSHOT_NAME_LABEL).map(String::as_str) == Some(name)
@@ -247,7 +247,7 @@ impl VolumeServer {
         request_labels: &BTreeMap<String, String>,
     ) -> Result<Image, Status> {
         match self.inner.images.get(name).await {
-            Ok(img) if !convert::is_internal_image(&img) => return Ok(img),
+            Ok(img) if convert::is_visible_volume(&img) => return Ok(img),
             Ok(_) | Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(store_err("volume", e)),
         }
@@ -260,7 +260,7 @@ impl VolumeServer {
             .map_err(|e| store_err("volumes", e))?;
         let candidates: Vec<Image> = all
             .into_iter()
-            .filter(|i| !convert::is_internal_image(i) && !i.metadata.is_deleted())
+            .filter(|i| convert::is_visible_volume(i) && !i.metadata.is_deleted())
             .filter(|i| match convert::iri_labels(&i.metadata) {
                 Ok(l) => {
                     l.get(convert::VOLUME_NAME_LABEL).map(String::as_str) == Some(name)
