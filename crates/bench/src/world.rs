@@ -118,7 +118,8 @@ pub fn daemon_defaults() -> Result<DaemonArgs> {
         .map_err(|e| anyhow!("parsing the daemon's default flags: {e}"))
 }
 
-/// The daemon's controller settings for `design`, with the figures' KEK.
+/// The daemon's controller settings for `design`, with the figures' KEK and the flatten deletion
+/// policy.
 pub fn controller_config(design: Design) -> Result<ControllerConfig> {
     let d = daemon_defaults()?;
     Ok(ControllerConfig {
@@ -129,6 +130,10 @@ pub fn controller_config(design: Design) -> Result<ControllerConfig> {
         populator_buffer_size: d.populator_buffer(),
         populate_queue_depth: d.populate_queue_depth,
         baseline: design.baseline(),
+        // The loads of these figures include deletions that flatten their clones (the Go
+        // provider's policy, and the work the flatten class exists for); under the default
+        // deferred policy a deletion copies nothing (figure `delete`).
+        delete_policy: controllers::DeletePolicy::Flatten,
         ..ControllerConfig::default()
     })
 }

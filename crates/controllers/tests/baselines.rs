@@ -29,7 +29,8 @@ fn pool(max_running: usize) -> RunnerConfig {
 }
 
 fn pool_config() -> controllers::ControllerConfig {
-    let mut cfg = test_config();
+    // The Go provider's design, its deletion policy included.
+    let mut cfg = flatten_config();
     cfg.baseline = Baseline::GoPool;
     cfg
 }

@@ -22,7 +22,11 @@ use testdata::pattern;
 const BUDGET: Duration = Duration::from_secs(3600);
 
 async fn world() -> World {
-    let mut w = World::new(test_config(), RunnerConfig::default());
+    world_with(test_config()).await
+}
+
+async fn world_with(cfg: controllers::ControllerConfig) -> World {
+    let mut w = World::new(cfg, RunnerConfig::default());
     w.start().await;
     w
 }
@@ -298,7 +302,7 @@ async fn one_undecodable_record_does_not_stop_the_reconcilers() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unprotect_that_keeps_failing_backs_off_and_says_why() {
-    let w = world().await;
+    let w = world_with(flatten_config()).await;
     let vol = available(&w, MIB).await;
     let snap = ready_snapshot(&w, &vol.metadata.id).await;
     let sid = snap.metadata.id.clone();

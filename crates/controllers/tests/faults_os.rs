@@ -192,7 +192,7 @@ async fn a_populate_whose_last_waiting_volume_is_deleted_is_cancelled() {
 
 #[tokio::test(start_paused = true)]
 async fn a_snapshot_deleted_right_after_a_restore_was_accepted_is_kept_until_the_restore_has_it() {
-    let w = world().await;
+    let w = world_with(flatten_config()).await;
     let vol = w.images().create(new_volume(2 * MIB)).await.unwrap();
     assert!(w.settle(BUDGET).await);
     let vname = volume_image_name(&vol.metadata.id);
@@ -251,7 +251,7 @@ async fn a_snapshot_deleted_right_after_a_restore_was_accepted_is_kept_until_the
 
 #[tokio::test(start_paused = true)]
 async fn a_restore_that_first_sees_its_snapshot_already_deleted_still_gets_its_data() {
-    let mut w = world().await;
+    let mut w = world_with(flatten_config()).await;
     let vol = w.images().create(new_volume(2 * MIB)).await.unwrap();
     assert!(w.settle(BUDGET).await);
     let vname = volume_image_name(&vol.metadata.id);
@@ -287,7 +287,7 @@ async fn a_restore_that_first_sees_its_snapshot_already_deleted_still_gets_its_d
 
 #[tokio::test(start_paused = true)]
 async fn a_restore_accepted_after_the_snapshot_deletion_began_fails_instead_of_hanging() {
-    let w = world().await;
+    let w = world_with(flatten_config()).await;
     let vol = w.images().create(new_volume(MIB)).await.unwrap();
     assert!(w.settle(BUDGET).await);
     let snap = w

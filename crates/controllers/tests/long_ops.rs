@@ -291,7 +291,7 @@ async fn a_resolve_that_never_answers_times_out_and_retries_without_blocking_pla
 
 #[tokio::test(start_paused = true)]
 async fn the_guard_flags_every_slow_call_the_sync_baseline_makes_on_a_worker() {
-    let mut cfg = test_config();
+    let mut cfg = flatten_config();
     cfg.baseline = controllers::Baseline::GoInline;
     let mut w = World::new(cfg, RunnerConfig::default());
     w.start().await;
@@ -315,7 +315,7 @@ async fn the_guard_flags_every_slow_call_the_sync_baseline_makes_on_a_worker() {
 #[tokio::test(start_paused = true)]
 async fn the_same_work_on_the_runner_makes_every_slow_call_off_the_workers() {
     let w = {
-        let mut w = World::new(test_config(), RunnerConfig::default());
+        let mut w = World::new(flatten_config(), RunnerConfig::default());
         w.start().await;
         w
     };

@@ -17,7 +17,11 @@ use testdata::pattern;
 const BUDGET: Duration = Duration::from_secs(3600);
 
 async fn world() -> World {
-    let mut w = World::new(test_config(), RunnerConfig::default());
+    world_with(test_config()).await
+}
+
+async fn world_with(cfg: controllers::ControllerConfig) -> World {
+    let mut w = World::new(cfg, RunnerConfig::default());
     w.start().await;
     w
 }
@@ -208,7 +212,7 @@ async fn a_slow_populate_also_reports_when_the_event_interval_passes() {
 
 #[tokio::test(start_paused = true)]
 async fn deleting_a_volume_rehomes_its_snapshots_and_keeps_restores_intact() {
-    let w = world().await;
+    let w = world_with(flatten_config()).await;
     let vol = w.images().create(new_volume(2 * MIB)).await.unwrap();
     assert!(w.settle(BUDGET).await);
     let name = volume_image_name(&vol.metadata.id);
@@ -289,6 +293,90 @@ async fn deleting_a_volume_rehomes_its_snapshots_and_keeps_restores_intact() {
     assert!(w.images().get(&sid).await.is_err());
     let left = w.cluster.list_images().await.unwrap();
     assert_eq!(left, vec![rname]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deleting_a_volume_with_restores_copies_nothing_and_keeps_it_hidden_until_its_last_dependant_goes(
+) {
+    let w = world().await;
+    let vol = w.images().create(new_volume(2 * MIB)).await.unwrap();
+    assert!(w.settle(BUDGET).await);
+    let vid = vol.metadata.id.clone();
+    let name = volume_image_name(&vid);
+    let data = pattern(300_000, 21);
+    w.cluster.write_at(&name, 4096, &data).await.unwrap();
+    let snap = w
+        .snapshots()
+        .create(new_volume_snapshot(&vid))
+        .await
+        .unwrap();
+    assert!(w.settle(BUDGET).await);
+    let sid = snap.metadata.id.clone();
+    let mut restores = Vec::new();
+    for _ in 0..2 {
+        let mut r = new_volume(2 * MIB);
+        r.spec.snapshot_ref = Some(sid.clone());
+        restores.push(w.images().create(r).await.unwrap().metadata.id);
+    }
+    assert!(w.settle(BUDGET).await);
+    let sums: Vec<String> = restores
+        .iter()
+        .map(|r| w.cluster.checksum(&volume_image_name(r), None).unwrap())
+        .collect();
+    let snap_sum = w.cluster.checksum(&name, Some(&sid)).unwrap();
+
+    // The volume goes first: kept hidden for its snapshot, nothing copied.
+    w.images().delete(&vid).await.unwrap();
+    assert!(w.settle(BUDGET).await);
+    let kept = w.images().get(&vid).await.unwrap();
+    assert_eq!(kept.status.state, ImageState::Retained);
+    assert!(kept.status.message.contains(&sid), "{}", kept.status.message);
+    assert_eq!(w.cluster.calls(rbd_testkit::fake::Op::Flatten), 0);
+    assert!(w.cluster.image_exists(&name).await.unwrap());
+    assert!(
+        w.images().get(&sid).await.is_err(),
+        "no re-home image is made"
+    );
+    for (r, sum) in restores.iter().zip(&sums) {
+        let rname = volume_image_name(r);
+        assert_eq!(&w.cluster.checksum(&rname, None).unwrap(), sum);
+        assert!(w.cluster.stat(&rname).await.unwrap().parent.is_some(), "still a clone");
+    }
+    // Its snapshot stays restorable where it is.
+    let s = w.snapshots().get(&sid).await.unwrap();
+    assert_eq!(
+        (s.status.state.clone(), s.source.volume_image_id.as_str()),
+        (SnapshotState::Ready, vid.as_str())
+    );
+    let mut late = new_volume(2 * MIB);
+    late.spec.snapshot_ref = Some(sid.clone());
+    let late = w.images().create(late).await.unwrap().metadata.id;
+    assert!(w.settle(BUDGET).await);
+    let lname = volume_image_name(&late);
+    assert_eq!(w.cluster.checksum(&lname, None).unwrap(), sums[0]);
+    restores.push(late);
+
+    // Then the snapshot: kept hidden while restores are clones of it.
+    w.snapshots().delete(&sid).await.unwrap();
+    assert!(w.settle(BUDGET).await);
+    let s = w.snapshots().get(&sid).await.unwrap();
+    assert_eq!(s.status.state, SnapshotState::Retained);
+    assert_eq!(w.cluster.checksum(&name, Some(&sid)).unwrap(), snap_sum);
+
+    // Each restore that goes releases a little; the last one releases everything.
+    let last = restores.pop().unwrap();
+    for r in &restores {
+        w.images().delete(r).await.unwrap();
+    }
+    assert!(w.settle(BUDGET).await);
+    assert!(w.snapshots().get(&sid).await.is_ok(), "one clone is left");
+    assert_eq!(w.cluster.checksum(&lname, None).unwrap(), sums[0]);
+    w.images().delete(&last).await.unwrap();
+    assert!(w.settle(BUDGET).await);
+    assert!(w.snapshots().get(&sid).await.is_err(), "snapshot gone");
+    assert!(w.images().get(&vid).await.is_err(), "volume gone");
+    assert!(w.cluster.list_images().await.unwrap().is_empty(), "nothing leaked");
+    assert_eq!(w.cluster.calls(rbd_testkit::fake::Op::Flatten), 0, "nothing copied");
 }
 
 #[tokio::test(start_paused = true)]
@@ -579,7 +667,7 @@ async fn a_restore_smaller_than_its_snapshot_is_an_error() {
 
 #[tokio::test(start_paused = true)]
 async fn a_flatten_that_fails_half_way_is_retried_until_the_volume_is_gone() {
-    let w = world().await;
+    let w = world_with(flatten_config()).await;
     let vol = w.images().create(new_volume(2 * MIB)).await.unwrap();
     assert!(w.settle(BUDGET).await);
     let snap = w
@@ -603,7 +691,7 @@ async fn a_flatten_that_fails_half_way_is_retried_until_the_volume_is_gone() {
 #[tokio::test(start_paused = true)]
 async fn deleting_a_volume_with_restores_reports_the_flatten_of_each_restore_about_the_volume() {
     use controllers::events::reason::FLATTEN_COMPLETED;
-    let w = world().await;
+    let w = world_with(flatten_config()).await;
     let vol = w.images().create(new_volume(2 * MIB)).await.unwrap();
     assert!(w.settle(BUDGET).await);
     let snap = w
@@ -634,7 +722,7 @@ async fn deleting_a_volume_with_restores_reports_the_flatten_of_each_restore_abo
 
 #[tokio::test(start_paused = true)]
 async fn the_sync_baseline_mode_reaches_the_same_states() {
-    let mut cfg = test_config();
+    let mut cfg = flatten_config();
     cfg.baseline = controllers::Baseline::GoInline;
     let mut w = World::new(cfg, RunnerConfig::default());
     w.start().await;

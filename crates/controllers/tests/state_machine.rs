@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
-use controllers::{os_image_name, round_size, volume_image_name};
+use controllers::{os_image_name, round_size, volume_image_name, DeletePolicy};
 use proptest::prelude::*;
 use rbd::{BlockBackend, RbdError, LUKS2_HEADER_SIZE};
 use rbd_testkit::fake::Op as RbdOp;
@@ -92,6 +92,8 @@ enum Step {
         n: usize,
     },
     Restart,
+    /// A restart with the other deletion policy (an operator changing `--delete-policy`).
+    RestartSwitchingPolicy,
 }
 
 const FAULT_OPS: [RbdOp; 14] = [
@@ -135,6 +137,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (0u64..1500).prop_map(|ms| Step::Advance { ms }),
         3 => (1usize..40).prop_map(|n| Step::Yield { n }),
         1 => Just(Step::Restart),
+        1 => Just(Step::RestartSwitchingPolicy),
     ]
 }
 
@@ -571,6 +574,14 @@ async fn apply(w: &mut World, m: &mut Model, step: &Step) {
             w.crash().await;
             w.start().await;
         }
+        Step::RestartSwitchingPolicy => {
+            w.crash().await;
+            w.cfg.delete_policy = match w.cfg.delete_policy {
+                DeletePolicy::Deferred => DeletePolicy::Flatten,
+                DeletePolicy::Flatten => DeletePolicy::Deferred,
+            };
+            w.start().await;
+        }
     }
 }
 
@@ -609,14 +620,47 @@ async fn check(w: &World, m: &Model) -> Result<(), String> {
             return Err(format!("snapshot {} stuck: {:?}", s.metadata.id, s.status));
         }
     }
+    // A deleted object stays only while it is `Retained` (deferred policy) for something that
+    // still needs it: a volume for a stored snapshot on it, a snapshot for a clone of it.
     for v in &m.vols {
-        if v.deleted && by_id.contains_key(v.id.as_str()) {
-            return Err(format!("deleted volume {} still stored", v.id));
+        let Some(img) = by_id.get(v.id.as_str()) else {
+            continue;
+        };
+        if !v.deleted && !img.metadata.is_deleted() {
+            continue;
+        }
+        let needed = snaps.iter().any(|s| s.source.volume_image_id == v.id);
+        if img.status.state != ImageState::Retained || !needed {
+            return Err(format!(
+                "deleted volume {} still stored ({}, a snapshot needs it: {needed})",
+                v.id, img.status.state
+            ));
+        }
+        if !w.cluster.image_exists(&volume_image_name(&v.id)).await.unwrap() {
+            return Err(format!("retained volume {} without its image", v.id));
         }
     }
     for s in &m.snaps {
-        if s.deleted && snap_by_id.contains_key(s.id.as_str()) {
-            return Err(format!("deleted snapshot {} still stored", s.id));
+        let Some(rec) = snap_by_id.get(s.id.as_str()) else {
+            continue;
+        };
+        if !s.deleted && !rec.metadata.is_deleted() {
+            continue;
+        }
+        let clones = match controllers::source_details(rec) {
+            Some((img, snap)) => w
+                .cluster
+                .list_children(&img, Some(&snap))
+                .await
+                .unwrap_or_default()
+                .len(),
+            None => 0,
+        };
+        if rec.status.state != SnapshotState::Retained || clones == 0 {
+            return Err(format!(
+                "deleted snapshot {} still stored ({}, {clones} clones)",
+                s.id, rec.status.state
+            ));
         }
     }
 
@@ -728,6 +772,10 @@ async fn check(w: &World, m: &Model) -> Result<(), String> {
         let Some(img) = by_id.get(v.id.as_str()) else {
             continue;
         };
+        if img.metadata.is_deleted() {
+            // Retained: checked above; its snapshots' data is checked below.
+            continue;
+        }
         if img.status.state != ImageState::Available {
             if v.expect_available {
                 return Err(format!(
@@ -781,7 +829,12 @@ impl Drop for Trace {
     }
 }
 
-fn run_case(steps: Vec<Step>, max_running: usize, max_waiting: usize) -> Result<(), String> {
+fn run_case(
+    steps: Vec<Step>,
+    policy: DeletePolicy,
+    max_running: usize,
+    max_waiting: usize,
+) -> Result<(), String> {
     let t = std::time::Instant::now();
     let _trace = Trace(t);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -798,6 +851,7 @@ fn run_case(steps: Vec<Step>, max_running: usize, max_waiting: usize) -> Result<
         // Failed OS images heal and unused ones go within the settle budget.
         cfg.os_image_retry = Duration::from_secs(20);
         cfg.os_image_gc_grace = Duration::from_secs(5);
+        cfg.delete_policy = policy;
         let runner_cfg = RunnerConfig {
             max_running,
             max_waiting,
@@ -953,8 +1007,10 @@ proptest! {
         steps in prop::collection::vec(step(), 2..20),
         max_running in 1usize..=3,
         max_waiting in 0usize..=3,
+        flatten in any::<bool>(),
     ) {
-        if let Err(e) = run_case(steps, max_running, max_waiting) {
+        let policy = if flatten { DeletePolicy::Flatten } else { DeletePolicy::Deferred };
+        if let Err(e) = run_case(steps, policy, max_running, max_waiting) {
             prop_assert!(false, "{}", e);
         }
     }
@@ -976,7 +1032,7 @@ fn an_os_volume_settles_with_a_single_runner_slot_and_no_queue() {
                 seed: 0,
             },
         ];
-        run_case(steps, 1, 0).unwrap();
+        run_case(steps, DeletePolicy::Deferred, 1, 0).unwrap();
     }
 }
 
@@ -990,5 +1046,39 @@ fn a_volume_deleted_right_after_its_snapshot_is_rehomed() {
         Step::Snapshot { pick: 0 },
         Step::DeleteVolume { pick: 0 },
     ];
-    run_case(steps, 2, 2).unwrap();
+    for policy in DeletePolicy::ALL {
+        run_case(steps.clone(), policy, 2, 2).unwrap();
+    }
+}
+
+#[test]
+fn a_retained_volume_and_snapshot_go_with_their_last_restore_under_either_policy_switch() {
+    let steps = vec![
+        Step::CreateEmpty {
+            mib: 1,
+            encrypted: false,
+        },
+        Step::Write {
+            pick: 0,
+            offset: 0,
+            len: 30_000,
+            seed: 3,
+        },
+        Step::Snapshot { pick: 0 },
+        Step::CreateFromSnapshot {
+            pick: 0,
+            extra_mib: 0,
+            encrypted: false,
+        },
+        Step::Advance { ms: 1000 },
+        Step::DeleteVolume { pick: 0 },
+        Step::Advance { ms: 1000 },
+        Step::DeleteSnapshot { pick: 0 },
+        Step::Advance { ms: 1000 },
+        Step::RestartSwitchingPolicy,
+        Step::DeleteVolume { pick: 1 },
+    ];
+    for policy in DeletePolicy::ALL {
+        run_case(steps.clone(), policy, 2, 2).unwrap();
+    }
 }

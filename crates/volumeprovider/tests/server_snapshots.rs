@@ -385,3 +385,74 @@ async fn progress_reports_the_phase_of_a_volume_waiting_for_its_snapshot() {
     );
     assert_eq!(c, Code::NotFound);
 }
+
+#[tokio::test]
+async fn retained_volumes_and_snapshots_are_gone_for_every_client() {
+    let h = harness().await;
+    let vid = h
+        .create_ok("fast", GIB, &[(convert::VOLUME_NAME_LABEL, "vol-a")])
+        .await;
+    h.make_available(&vid).await;
+    let sid = h
+        .snapshot(&vid, &[(convert::SNAPSHOT_NAME_LABEL, "snap-a")])
+        .await
+        .expect("snapshot")
+        .metadata
+        .expect("md")
+        .id;
+    h.make_ready(&sid, GIB).await;
+    // What the reconcilers do under the deferred deletion policy: the deleted volume is kept
+    // for its snapshot, the deleted snapshot for its clones.
+    let mut img = h.images.get(&vid).await.expect("image");
+    img.metadata.add_finalizer(store::keys::IMAGE_FINALIZER);
+    h.images.update(&img).await.expect("update");
+    h.images.delete(&vid).await.expect("delete");
+    let mut img = h.images.get(&vid).await.expect("image");
+    img.status.state = store::ImageState::Retained;
+    h.images.update(&img).await.expect("update");
+
+    assert!(h.list("", &[]).await.is_empty(), "not listed");
+    assert!(h.list(&vid, &[]).await.is_empty(), "not found by id");
+    let (c, m) = code(
+        h.server
+            .delete_volume(Request::new(pb::DeleteVolumeRequest {
+                volume_id: vid.clone(),
+            }))
+            .await,
+    );
+    assert_eq!(c, Code::NotFound, "{m}");
+    let (c, m) = code(h.snapshot(&vid, &[]).await);
+    assert_eq!(c, Code::NotFound, "{m}");
+    assert_eq!(h.list_snaps("", &[]).await.len(), 1, "its snapshot stays");
+
+    let mut s = h.snapshots.get(&sid).await.expect("snapshot");
+    s.metadata.add_finalizer(store::keys::SNAPSHOT_FINALIZER);
+    h.snapshots.update(&s).await.expect("update");
+    h.snapshots.delete(&sid).await.expect("delete");
+    let mut s = h.snapshots.get(&sid).await.expect("snapshot");
+    s.status.state = SnapshotState::Retained;
+    h.snapshots.update(&s).await.expect("update");
+
+    assert!(h.list_snaps("", &[]).await.is_empty(), "not listed");
+    assert!(h.list_snaps(&sid, &[]).await.is_empty(), "not found by id");
+    let (c, m) = code(
+        h.server
+            .delete_volume_snapshot(Request::new(pb::DeleteVolumeSnapshotRequest {
+                volume_snapshot_id: sid.clone(),
+            }))
+            .await,
+    );
+    assert_eq!(c, Code::NotFound, "{m}");
+    for source in [sid.as_str(), "snap-a"] {
+        let mut r = volume_req("fast", GIB, &[]);
+        spec_of(&mut r).volume_data_source = Some(pb::VolumeDataSource {
+            image_data_source: None,
+            snapshot_data_source: Some(pb::SnapshotDataSource {
+                snapshot_id: source.into(),
+            }),
+        });
+        let (c, m) = code(h.create(r).await);
+        assert_eq!(c, Code::NotFound, "{source}: {m}");
+    }
+    assert_eq!(h.counts().await, (1, 1), "nothing was created");
+}

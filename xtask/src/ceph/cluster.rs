@@ -40,8 +40,9 @@ const PG_NUM: &str = "8";
 /// mgr modules that are not always-on in Pacific (none of them is needed here).
 const MGR_DISABLED_MODULES: &str = "alerts,diskprediction_local,influx,insights,iostat,localpool,mirroring,nfs,\
      osd_perf_query,osd_support,prometheus,restful,selftest,snap_schedule,stats,telegraf,test_orchestrator,zabbix";
-/// Size of the sparse file behind the bluestore OSD.
-const OSD_SIZE: u64 = 8 << 30;
+/// Size of the sparse file behind the bluestore OSD (sparse: only written data takes disk space;
+/// the delete figure writes about 10 GiB under the flatten policy).
+const OSD_SIZE: u64 = 24 << 30;
 
 /// One daemon of the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -307,6 +307,15 @@ pub fn test_config() -> ControllerConfig {
     }
 }
 
+/// [`test_config`] with the Go provider's deletion policy: clones are flattened, snapshots
+/// re-homed.
+pub fn flatten_config() -> ControllerConfig {
+    ControllerConfig {
+        delete_policy: controllers::DeletePolicy::Flatten,
+        ..test_config()
+    }
+}
+
 impl World {
     pub fn new(cfg: ControllerConfig, runner_cfg: RunnerConfig) -> Self {
         World {
@@ -498,14 +507,24 @@ impl Drop for World {
     }
 }
 
+/// A steady state: a live volume `Available` or in `Error`, or a deleted one `Retained` (kept
+/// hidden for its snapshots under the deferred deletion policy).
 pub fn image_final(i: &Image) -> bool {
     use store::ImageState::*;
-    !i.metadata.is_deleted() && matches!(i.status.state, Available | Error)
+    match i.metadata.is_deleted() {
+        false => matches!(i.status.state, Available | Error),
+        true => i.status.state == Retained,
+    }
 }
 
+/// A steady state: a live snapshot `Ready` or `Failed`, or a deleted one `Retained` (kept hidden
+/// for its clones under the deferred deletion policy).
 pub fn snapshot_final(s: &Snapshot) -> bool {
     use store::SnapshotState::*;
-    !s.metadata.is_deleted() && matches!(s.status.state, Ready | Failed)
+    match s.metadata.is_deleted() {
+        false => matches!(s.status.state, Ready | Failed),
+        true => s.status.state == Retained,
+    }
 }
 
 /// A new volume as the volume server creates it (manager label, class label).
