@@ -743,6 +743,9 @@ async fn sigkills_at_random_moments_lose_nothing_and_leave_nothing_behind() {
         // Small copy buffers: populates and fills take long enough to be hit by a kill.
         "--populator-buffer-size=131072".to_string(),
         "--populate-queue-depth=1".to_string(),
+        // Deletions re-home snapshots and flatten clones (the Go provider's policy); the
+        // deferred policy has its own real-cluster test (`e2e_ceph_delete.rs`).
+        "--delete-policy=flatten".to_string(),
     ]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
 

@@ -179,6 +179,8 @@ async fn a_killed_daemon_finishes_populate_and_flatten_after_restart_without_lea
         format!("--supported-volume-classes={}", classes.display()),
         format!("--populator-buffer-size={POPULATOR_BUFFER}"),
         format!("--populate-queue-depth={POPULATE_QUEUE_DEPTH}"),
+        // Deleting S must flatten C: the Go provider's deletion policy.
+        "--delete-policy=flatten".to_string(),
     ];
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let leftovers = Leftovers {

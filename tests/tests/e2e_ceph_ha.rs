@@ -138,6 +138,8 @@ impl Setup {
             // A slow populate, so that it is still running when a test looks.
             "--populator-buffer-size=131072".to_string(),
             "--populate-queue-depth=1".to_string(),
+            // The flatten case: deleting S must flatten C (the Go provider's deletion policy).
+            "--delete-policy=flatten".to_string(),
         ];
         Setup {
             _files: files,

@@ -89,6 +89,8 @@ async fn deleting_a_snapshot_flattens_its_clone_in_another_pool_and_completes() 
         format!("--ceph-client={client}"),
         format!("--ceph-keyring-file={admin_keyring}"),
         format!("--ceph-kek-path={}", kek.display()),
+        // Deleting S must flatten the clone: the Go provider's deletion policy.
+        "--delete-policy=flatten".to_string(),
     ];
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let leftovers = Leftovers {

@@ -71,6 +71,19 @@ pub const SUITES: &[&[&str]] = &[
         "--",
         "--ignored",
     ],
+    // Deleting a parent with restores under both deletion policies, with kills
+    // (`tests/tests/e2e_ceph_delete.rs`).
+    &[
+        "test",
+        "-p",
+        "tests",
+        "--features",
+        "ceph",
+        "--test",
+        "e2e_ceph_delete",
+        "--",
+        "--ignored",
+    ],
     // SIGKILL of the daemon at random moments of a mixed workload, 5 kills
     // (`tests/tests/e2e_ceph_chaos.rs`; `cargo xtask chaos --kills N` for long runs).
     &[

@@ -15,6 +15,8 @@
 //!   may belong to another provider.
 //! * `ceph_responsiveness_*`: the same creates while encrypted volumes are formatted and OS-image
 //!   volumes wait for a silent registry, against idle (see `cluster_load.rs`).
+//! * `ceph_delete_*`: deleting a volume whose snapshot has three restores, deletion policy
+//!   `deferred` against `flatten` (see `delete.rs`).
 //!
 //! The `rbd` runs include the process start and the cluster connection (tens of ms); cephvol's
 //! connection is made once, as in the daemon. Every image the figure creates is named
@@ -132,6 +134,7 @@ mod real {
             out.push(flatten(&rt, &backend, &cfg, &file, size, runs)?);
             out.push(create_volume(&rt, &backend, &cfg, creates)?);
             out.extend(super::super::cluster_load::run(opts, &rt, &backend)?);
+            out.extend(super::super::delete::run(opts, &rt, &backend, &cfg)?);
             Ok(())
         })();
         rt.block_on(cleanup(&backend));

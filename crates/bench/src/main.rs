@@ -40,6 +40,8 @@ use volumeprovider::image_source::{OciImageSource, OciOptions};
 mod cluster;
 #[cfg(feature = "ceph")]
 mod cluster_load;
+#[cfg(feature = "ceph")]
+mod delete;
 mod fairness;
 #[cfg(feature = "ceph")]
 mod niced;
@@ -101,7 +103,7 @@ const FIGURES: &[(&str, &str, FigureFn)] = &[
     ),
     (
         "ceph",
-        "real Ceph: populate vs rbd import, flatten vs rbd flatten, create volume vs rbd create, creates under load vs idle",
+        "real Ceph: populate vs rbd import, flatten vs rbd flatten, create volume vs rbd create, creates under load vs idle, delete deferred vs flatten",
         cluster::run,
     ),
     (

@@ -330,7 +330,11 @@ async fn deleting_a_volume_with_restores_copies_nothing_and_keeps_it_hidden_unti
     assert!(w.settle(BUDGET).await);
     let kept = w.images().get(&vid).await.unwrap();
     assert_eq!(kept.status.state, ImageState::Retained);
-    assert!(kept.status.message.contains(&sid), "{}", kept.status.message);
+    assert!(
+        kept.status.message.contains(&sid),
+        "{}",
+        kept.status.message
+    );
     assert_eq!(w.cluster.calls(rbd_testkit::fake::Op::Flatten), 0);
     assert!(w.cluster.image_exists(&name).await.unwrap());
     assert!(
@@ -340,7 +344,10 @@ async fn deleting_a_volume_with_restores_copies_nothing_and_keeps_it_hidden_unti
     for (r, sum) in restores.iter().zip(&sums) {
         let rname = volume_image_name(r);
         assert_eq!(&w.cluster.checksum(&rname, None).unwrap(), sum);
-        assert!(w.cluster.stat(&rname).await.unwrap().parent.is_some(), "still a clone");
+        assert!(
+            w.cluster.stat(&rname).await.unwrap().parent.is_some(),
+            "still a clone"
+        );
     }
     // Its snapshot stays restorable where it is.
     let s = w.snapshots().get(&sid).await.unwrap();
@@ -375,8 +382,15 @@ async fn deleting_a_volume_with_restores_copies_nothing_and_keeps_it_hidden_unti
     assert!(w.settle(BUDGET).await);
     assert!(w.snapshots().get(&sid).await.is_err(), "snapshot gone");
     assert!(w.images().get(&vid).await.is_err(), "volume gone");
-    assert!(w.cluster.list_images().await.unwrap().is_empty(), "nothing leaked");
-    assert_eq!(w.cluster.calls(rbd_testkit::fake::Op::Flatten), 0, "nothing copied");
+    assert!(
+        w.cluster.list_images().await.unwrap().is_empty(),
+        "nothing leaked"
+    );
+    assert_eq!(
+        w.cluster.calls(rbd_testkit::fake::Op::Flatten),
+        0,
+        "nothing copied"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -636,7 +636,12 @@ async fn check(w: &World, m: &Model) -> Result<(), String> {
                 v.id, img.status.state
             ));
         }
-        if !w.cluster.image_exists(&volume_image_name(&v.id)).await.unwrap() {
+        if !w
+            .cluster
+            .image_exists(&volume_image_name(&v.id))
+            .await
+            .unwrap()
+        {
             return Err(format!("retained volume {} without its image", v.id));
         }
     }

@@ -663,7 +663,10 @@ mod tests {
 
     #[test]
     fn the_delete_policy_defaults_to_deferred_and_refuses_unknown_names() {
-        assert_eq!(parse(&[]).delete_policy, controllers::DeletePolicy::Deferred);
+        assert_eq!(
+            parse(&[]).delete_policy,
+            controllers::DeletePolicy::Deferred
+        );
         let d = parse(&["--delete-policy=flatten"]);
         assert_eq!(d.delete_policy, controllers::DeletePolicy::Flatten);
         let err = T::try_parse_from(["cephvol", "--delete-policy=copy"])

@@ -156,9 +156,13 @@ async fn deferred(ctx: &Arc<Ctx>, img: Image, info: &ImageInfo) -> Result<Option
         retain(ctx, img, note).await?;
         let owned = id.clone();
         let action = ctx
-            .start_op(OpClass::Flatten, image_key(&id), move |ctx, env| async move {
-                flatten_children(ctx, owned, Some(with_children), env).await
-            })
+            .start_op(
+                OpClass::Flatten,
+                image_key(&id),
+                move |ctx, env| async move {
+                    flatten_children(ctx, owned, Some(with_children), env).await
+                },
+            )
             .await?;
         return Ok(Some(action));
     }
@@ -271,9 +275,11 @@ async fn flatten(ctx: &Arc<Ctx>, img: Image, info: &ImageInfo) -> Result<Option<
         }
         let owned = id.clone();
         let action = ctx
-            .start_op(OpClass::Flatten, image_key(&id), move |ctx, env| async move {
-                flatten_children(ctx, owned, None, env).await
-            })
+            .start_op(
+                OpClass::Flatten,
+                image_key(&id),
+                move |ctx, env| async move { flatten_children(ctx, owned, None, env).await },
+            )
             .await?;
         return Ok(Some(action));
     }

@@ -169,9 +169,11 @@ async fn create_from_snapshot(ctx: &Arc<Ctx>, img: Image, sid: &str) -> Result<S
         .map(Step::Stop);
     };
     if snap.metadata.is_deleted() {
+        // A retained snapshot (deferred deletion) keeps its rbd snapshot, protected, and waits
+        // for restores accepted before its deletion: they clone or copy it as a ready one.
         let restorable = matches!(
             snap.status.state,
-            SnapshotState::Ready | SnapshotState::Populated
+            SnapshotState::Ready | SnapshotState::Populated | SnapshotState::Retained
         );
         if os_volume {
             // Never clone an OS snapshot on its way out: resolve again once it is gone.
@@ -189,6 +191,7 @@ async fn create_from_snapshot(ctx: &Arc<Ctx>, img: Image, sid: &str) -> Result<S
     }
     match &snap.status.state {
         SnapshotState::Ready | SnapshotState::Populated => {}
+        SnapshotState::Retained if snap.metadata.is_deleted() => {}
         SnapshotState::Failed => {
             let msg = format!("snapshot {sid} failed: {}", snap.status.message);
             return set_image_error(

@@ -35,10 +35,12 @@ pub(super) async fn delete(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action>
         ctx.cancel_op(&key);
         return Ok(Action::Wait);
     }
+    // A retained snapshot still holds its data: restores accepted before its deletion (and not
+    // cloned yet) get it from there, so it waits for them like a `Ready` one.
     if !flattening
         && matches!(
             snap.status.state,
-            SnapshotState::Ready | SnapshotState::Populated
+            SnapshotState::Ready | SnapshotState::Populated | SnapshotState::Retained
         )
     {
         let waiting = pending_restores(ctx, &id).await?;
