@@ -43,11 +43,11 @@ mod cluster_load;
 #[cfg(feature = "ceph")]
 mod delete;
 mod fairness;
-#[cfg(feature = "ceph")]
-mod niced;
 mod responsiveness;
 mod rss;
 mod store;
+#[cfg(feature = "ceph")]
+mod unbounded;
 mod util;
 mod world;
 

@@ -62,6 +62,13 @@ pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default of [`CephConfig::mon_timeout`].
 pub const DEFAULT_MON_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default of [`CephConfig::format_concurrency`].
+pub const DEFAULT_FORMAT_CONCURRENCY: usize = 1;
+
+/// The nice value of the thread that runs a LUKS2 format where `SCHED_IDLE` is refused (the
+/// lowest priority; see [`CephConfig::format_concurrency`]).
+const FORMAT_NICE: i32 = 19;
+
 /// How to connect.
 #[derive(Debug, Clone)]
 pub struct CephConfig {
@@ -83,6 +90,13 @@ pub struct CephConfig {
     pub op_timeout: Duration,
     /// Bound of every mon command (`rados_mon_op_timeout`; zero: none).
     pub mon_timeout: Duration,
+    /// LUKS2 formats at once (0 counts as 1). librbd derives the key with argon2 (seconds of CPU
+    /// on several threads and about 1 GiB of memory each on Pacific), so formats run one by one
+    /// by default, each on a thread of its own at the lowest CPU priority (`SCHED_IDLE`; the key
+    /// derivation's threads inherit it): the I/O of every other volume, and the OSDs on the same
+    /// host, keep the CPU. A format waiting for its turn holds its runner slot, not a reconcile
+    /// worker, and counts against the controllers' format deadline.
+    pub format_concurrency: usize,
 }
 
 impl CephConfig {
@@ -101,6 +115,7 @@ impl CephConfig {
             connect_timeout: Duration::from_secs(10),
             op_timeout: DEFAULT_OP_TIMEOUT,
             mon_timeout: DEFAULT_MON_TIMEOUT,
+            format_concurrency: DEFAULT_FORMAT_CONCURRENCY,
         })
     }
 }
@@ -110,6 +125,27 @@ impl CephConfig {
 pub struct CephBackend {
     rados: Rados,
     io: IoCtx,
+    /// Permits of the LUKS2 formats that may run at once (`CephConfig::format_concurrency`).
+    formats: Arc<tokio::sync::Semaphore>,
+}
+
+/// Puts the calling thread, and every thread it starts from now on, at the lowest CPU priority:
+/// the `SCHED_IDLE` policy, and nice 19 where that is refused. The policy matters: libcryptsetup
+/// raises the priority of the thread that derives a key to nice -18 for the derivation when the
+/// process may (root, `CAP_SYS_NICE`; measured on Pacific's librbd), and its argon2 threads,
+/// created meanwhile, inherit that. A `SCHED_IDLE` thread stays one whatever its nice value says.
+fn lowest_cpu_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is the calling thread
+    // (Linux schedules threads individually), and SCHED_IDLE takes priority 0.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "SCHED_IDLE refused");
+    }
+    // Linux: the nice value belongs to this thread only (`None`: the calling one).
+    if let Err(e) = rustix::process::setpriority_process(None, FORMAT_NICE) {
+        tracing::debug!(error = %e, "could not lower the LUKS2 format's priority");
+    }
 }
 
 /// Runs blocking librbd/librados work on tokio's blocking pool.
@@ -138,14 +174,22 @@ impl CephBackend {
                 osd_op_timeout: cfg.op_timeout,
             })?;
             let io = rados.ioctx(&cfg.pool)?;
-            Ok(CephBackend { rados, io })
+            Ok(CephBackend::with_formats(rados, io, cfg.format_concurrency))
         })
         .await
     }
 
-    /// A backend on an existing connection and I/O context.
+    /// A backend on an existing connection and I/O context (LUKS2 formats one by one).
     pub fn from_parts(rados: Rados, io: IoCtx) -> CephBackend {
-        CephBackend { rados, io }
+        CephBackend::with_formats(rados, io, DEFAULT_FORMAT_CONCURRENCY)
+    }
+
+    fn with_formats(rados: Rados, io: IoCtx, formats: usize) -> CephBackend {
+        CephBackend {
+            rados,
+            io,
+            formats: Arc::new(tokio::sync::Semaphore::new(formats.max(1))),
+        }
     }
 
     /// The cluster connection.
@@ -739,20 +783,47 @@ impl BlockBackend for CephBackend {
     }
 
     async fn encryption_format(&self, image: &str, passphrase: &Passphrase) -> Result<()> {
-        let passphrase = passphrase.clone();
-        self.with_image(image, None, false, move |img| {
-            // Pacific cannot format a clone (EOPNOTSUPP after a long key derivation): refuse up front.
-            if let Some(parent) = img.parent()? {
-                return Err(RbdError::Unsupported(format!(
-                    "LUKS2 format of {}: it is a clone of {}@{} (Ceph Pacific cannot encrypt clones)",
-                    img.name(),
-                    parent.image,
-                    parent.snapshot
-                )));
-            }
-            img.encryption_format_luks2(&passphrase)
-        })
-        .await
+        // One by one (by default), at the lowest CPU priority: see `CephConfig::format_concurrency`.
+        let permit = self
+            .formats
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| RbdError::Other("the LUKS2 format gate is closed".into()))?;
+        let (io, name, passphrase) = (self.io.clone(), image.to_string(), passphrase.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // One name per format (threads the key derivation starts inherit it): `luks2-fmt-<n>`.
+        static FORMATS: AtomicU64 = AtomicU64::new(0);
+        let n = FORMATS.fetch_add(1, Ordering::Relaxed) % 100_000;
+        std::thread::Builder::new()
+            .name(format!("luks2-fmt-{n}"))
+            .spawn(move || {
+                // The permit is released when the format is done, also when the caller gave up
+                // waiting for it (its deadline): a format never overlaps the next one.
+                let _permit = permit;
+                lowest_cpu_priority();
+                let out = (|| {
+                    let img = io.open_image(&name, None, false)?;
+                    // Pacific cannot format a clone (EOPNOTSUPP after a long key derivation):
+                    // refuse up front.
+                    if let Some(parent) = img.parent()? {
+                        return Err(RbdError::Unsupported(format!(
+                            "LUKS2 format of {}: it is a clone of {}@{} (Ceph Pacific cannot \
+                             encrypt clones)",
+                            img.name(),
+                            parent.image,
+                            parent.snapshot
+                        )));
+                    }
+                    img.encryption_format_luks2(&passphrase)?;
+                    img.close()
+                })();
+                let _ = tx.send(out);
+            })
+            .map_err(|e| RbdError::Other(format!("starting the LUKS2 format thread: {e}")))?;
+        rx.await.map_err(|_| {
+            RbdError::Other("the LUKS2 format thread ended without an answer".into())
+        })?
     }
 
     async fn metadata_get(&self, image: &str, key: &str) -> Result<Option<String>> {

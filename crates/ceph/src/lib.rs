@@ -41,7 +41,8 @@ pub mod sys;
 mod watch;
 
 pub use backend::{
-    CephBackend, CephConfig, CLONE_TEMP_SUFFIX, DEFAULT_MON_TIMEOUT, DEFAULT_OP_TIMEOUT,
+    CephBackend, CephConfig, CLONE_TEMP_SUFFIX, DEFAULT_FORMAT_CONCURRENCY, DEFAULT_MON_TIMEOUT,
+    DEFAULT_OP_TIMEOUT,
 };
 pub use error::errno_error;
 pub use image::{Image, ImageOptions};

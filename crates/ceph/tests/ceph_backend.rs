@@ -551,6 +551,7 @@ async fn metadata_is_stored_as_rbd_image_meta() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs ceph"]
 async fn luks2_formats_plain_images_refuses_clones_and_encrypts_written_data() {
+    let _alone = FORMAT_TESTS.lock().await;
     bounded(async {
         let b = backend().await;
         let name = unique("img_luks");
@@ -650,6 +651,89 @@ async fn connecting_to_a_missing_pool_is_not_found() {
         cfg.pool = unique("nopool");
         let r = ceph::CephBackend::connect(cfg).await;
         assert!(matches!(r, Err(RbdError::NotFound(_))), "{:?}", r.err());
+    })
+    .await;
+}
+
+/// Held by the tests that format: the format threads of one must not be counted by the other.
+static FORMAT_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The threads of this process that run LUKS2 formats (`luks2-fmt-<n>`, and the key derivation's
+/// threads, which inherit the name): (name, scheduling policy).
+fn format_threads() -> Vec<(String, i64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            // pid (comm) state ppid ...; comm may hold spaces.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let (_, comm) = head.split_once('(')?;
+            if !comm.starts_with("luks2-fmt-") {
+                return None;
+            }
+            // Field 41 is the scheduling policy (5: SCHED_IDLE).
+            let policy = rest.split_whitespace().nth(38)?.parse().ok()?;
+            Some((comm.to_string(), policy))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ceph"]
+async fn luks2_formats_run_one_by_one_at_the_lowest_cpu_priority_that_cryptsetup_cannot_raise() {
+    let _alone = FORMAT_TESTS.lock().await;
+    bounded(async {
+        let b = backend().await;
+        let names: Vec<String> = (0..3).map(|_| unique("img_lukseach")).collect();
+        for n in &names {
+            b.create_image(n, 32 * MIB).await.expect("create");
+        }
+        let pass = Passphrase::new(b"one at a time".to_vec());
+        let formats = futures::future::join_all(names.iter().map(|n| {
+            let (b, pass) = (b.clone(), pass.clone());
+            let n = n.clone();
+            tokio::spawn(async move { b.encryption_format(&n, &pass).await })
+        }));
+        let watcher = tokio::spawn(async {
+            let (mut most, mut seen, mut nices) =
+                (0, std::collections::BTreeSet::new(), Vec::new());
+            loop {
+                let threads = format_threads();
+                let formats: std::collections::BTreeSet<&String> =
+                    threads.iter().map(|(name, _)| name).collect();
+                most = most.max(formats.len());
+                for (name, nice) in &threads {
+                    seen.insert(name.clone());
+                    nices.push(*nice);
+                }
+                if seen.len() >= 3 {
+                    return (most, seen.len(), nices);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        for r in formats.await {
+            r.expect("join").expect("format");
+        }
+        let (most, threads, nices) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), watcher)
+                .await
+                .expect("every format's thread was seen")
+                .expect("join");
+        assert_eq!(threads, 3, "one thread (name) per format");
+        assert_eq!(most, 1, "never two formats at once");
+        // Not nice 19: libcryptsetup raises the deriving thread to nice -18 when it may (root).
+        assert!(
+            nices.iter().all(|p| *p == libc::SCHED_IDLE as i64),
+            "every thread of a format, the key derivation's included, SCHED_IDLE: {nices:?}"
+        );
+        for n in &names {
+            assert!(b.stat(n).await.is_ok());
+            cleanup(&b, n).await;
+        }
     })
     .await;
 }

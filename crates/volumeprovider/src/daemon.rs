@@ -233,6 +233,7 @@ async fn open_ceph(args: &DaemonArgs) -> Result<Opened> {
         connect_timeout: args.ceph_connect_timeout,
         op_timeout: args.ceph_op_timeout,
         mon_timeout: args.ceph_mon_timeout,
+        format_concurrency: args.ceph_format_concurrency,
     };
     let backend = ceph::CephBackend::connect(cfg)
         .await

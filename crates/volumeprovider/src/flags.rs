@@ -25,7 +25,7 @@
 //! `--registry-plain-http`), `--registry-skip-tls-verify`, `--registry-ca-file`, `--docker-config`,
 //! `--shutdown-timeout`, `--max-volume-size`, `--os-image-gc-grace`, `--delete-policy`, and the leader lease of the Ceph backend: `--leader-lease`,
 //! `--leader-renew-interval`, `--leader-id`, the Ceph timeouts `--ceph-op-timeout`,
-//! `--ceph-mon-timeout`, the runner's classes `--async-populate-share`, `--async-fill-share`,
+//! `--ceph-mon-timeout`, `--ceph-format-concurrency`, the runner's classes `--async-populate-share`, `--async-fill-share`,
 //! `--async-flatten-share`, `--async-aging`, and the deadlines of long operations
 //! `--resolve-timeout`, `--format-timeout`, `--list-children-timeout`, `--stall-timeout`.
 //!
@@ -142,6 +142,12 @@ pub struct DaemonArgs {
     /// 0: no bound.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub ceph_mon_timeout: Duration,
+
+    /// LUKS2 formats at once on the Ceph backend. librbd derives each key with argon2 (seconds
+    /// of CPU on several threads, ~1 GiB of memory): they run one by one by default, at the
+    /// lowest CPU priority, so that other volumes' I/O and the OSDs on the same host keep the CPU.
+    #[arg(long, default_value_t = 1)]
+    pub ceph_format_concurrency: usize,
 
     /// Rados user id (without `client.`).
     #[arg(long, default_value = "", hide_default_value = true)]
@@ -698,6 +704,9 @@ mod tests {
         assert_eq!(d.ceph_connect_timeout, Duration::from_secs(10));
         assert_eq!(d.ceph_op_timeout, Duration::from_secs(30));
         assert_eq!(d.ceph_mon_timeout, Duration::from_secs(10));
+        assert_eq!(d.ceph_format_concurrency, 1, "LUKS2 formats one by one");
+        #[cfg(feature = "ceph")]
+        assert_eq!(d.ceph_format_concurrency, ceph::DEFAULT_FORMAT_CONCURRENCY);
         assert_eq!(d.limits_burst_factor, 10);
         assert_eq!(d.limits_burst_duration, 15);
         assert_eq!(d.populator_buffer_size, 5_242_880);

@@ -49,7 +49,7 @@
 //! |---|---|---|
 //! | any | finalizer missing | nothing |
 //! | not `Flattening`/`Flattened` | an operation (populate) is queued or running | it is cancelled (the populate removes its partial image); the pass waits for the completion |
-//! | `Ready` (not yet `Flattening`/`Retained`) | a restore (not internal, not an OS volume, not deleted) that references it has not got its data yet (`Pending` without its rbd image, or `Filling`) | kept: `status.message` names the restores; the restores' changes requeue it |
+//! | `Ready` or `Retained` (not yet `Flattening`) | a restore (not internal, not an OS volume, not deleted) that references it has not got its data yet (`Pending` without its rbd image, or `Filling`) | kept: `status.message` names the restores; the restores' changes requeue it (a `Retained` snapshot's rbd snapshot is intact and protected, so such a restore clones or copies it like a `Ready` one) |
 //! | any (`deferred`) | an internal re-home image `<id>` (made by a flatten-policy deletion of its volume) exists and the snapshot was not moved onto it | that image is deleted (its own reconciler removes `img_<id>`, which wakes the snapshot) |
 //! | any (`deferred`) | the rbd snapshot has clones (listed within `list_children_timeout`) | `Retained` (hidden: never listed, NOT_FOUND through IRI; `status.message` names the clones); nothing is copied. A clone that goes, or a clone flattened before it is snapshotted, wakes it |
 //! | any (`deferred`) | no clone | cleanup at once: rbd snapshot unprotected (refused: the pass fails and is retried with the key's failure backoff) and removed, then as the last cleanup row (re-home image, finalizer); the record going wakes the source volume (a `Retained` one may go now) |

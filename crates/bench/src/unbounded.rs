@@ -1,9 +1,7 @@
-//! An experiment of the `ceph` figure, not what the daemon does: [`NicedFormat`] is `CephBackend`
-//! with its LUKS2 format run on a thread of its own at nice 19. librbd derives the key with argon2
-//! on worker threads that the formatting thread creates, and on Linux a new thread inherits its
-//! creator's nice value, so the whole key derivation yields the CPU to every other thread of the
-//! machine (the reconcile passes, the OSD, the monitor). Every other call is forwarded unchanged.
-//! It measures how much of the loaded figure's gap is CPU contention on the machine.
+//! The reference of the `ceph` figure's loaded lines: [`UnboundedFormat`] is `CephBackend` with
+//! its LUKS2 format run as this provider ran it before `CephConfig::format_concurrency`: on the
+//! blocking pool, at normal CPU priority, as many at once as the runner submits (the fill class
+//! and the slots it borrows: up to 8 of the 15 here). Every other call is forwarded unchanged.
 
 use std::collections::BTreeMap;
 
@@ -15,14 +13,11 @@ use rbd::{
     ProgressFn, RbdError, Result, SnapshotInfo, WriteOptions,
 };
 
-/// The nice value of the formatting thread (the lowest priority).
-const NICE: i32 = 19;
-
-/// `CephBackend` whose `encryption_format` runs at nice 19 (see the module docs).
-pub struct NicedFormat(pub CephBackend);
+/// `CephBackend` whose `encryption_format` runs unbounded at normal priority (see the module docs).
+pub struct UnboundedFormat(pub CephBackend);
 
 #[async_trait]
-impl BlockBackend for NicedFormat {
+impl BlockBackend for UnboundedFormat {
     fn pool(&self) -> &str {
         self.0.pool()
     }
@@ -113,25 +108,16 @@ impl BlockBackend for NicedFormat {
     async fn encryption_format(&self, image: &str, passphrase: &Passphrase) -> Result<()> {
         let io = self.0.ioctx().clone();
         let (name, passphrase) = (image.to_string(), passphrase.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("niced-format".into())
-            .spawn(move || {
-                // Linux: who = 0 is the calling thread (the nice value is per thread).
-                let _ = rustix::process::setpriority_process(None, NICE);
-                let out = (|| {
-                    let img = io.open_image(&name, None, false)?;
-                    if img.parent()?.is_some() {
-                        return Err(RbdError::Unsupported(format!("{name} is a clone")));
-                    }
-                    img.encryption_format_luks2(&passphrase)?;
-                    img.close()
-                })();
-                let _ = tx.send(out);
-            })
-            .map_err(|e| RbdError::Other(format!("starting the format thread: {e}")))?;
-        rx.await
-            .map_err(|_| RbdError::Other("the format thread ended without an answer".into()))?
+        tokio::task::spawn_blocking(move || {
+            let img = io.open_image(&name, None, false)?;
+            if img.parent()?.is_some() {
+                return Err(RbdError::Unsupported(format!("{name} is a clone")));
+            }
+            img.encryption_format_luks2(&passphrase)?;
+            img.close()
+        })
+        .await
+        .map_err(|e| RbdError::Other(format!("format task: {e}")))?
     }
     async fn metadata_get(&self, image: &str, key: &str) -> Result<Option<String>> {
         self.0.metadata_get(image, key).await
