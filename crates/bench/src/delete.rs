@@ -209,11 +209,16 @@ async fn measure(
     wait_until(images, "every volume gone", WAIT, |all| all.is_empty()).await?;
     wait_until(snapshots, "the snapshot gone", WAIT, |all| all.is_empty()).await?;
     let release = t.elapsed();
+    let ours: Vec<String> = restores
+        .iter()
+        .chain([&parent, &sid])
+        .map(|id| controllers::volume_image_name(id))
+        .collect();
     let left: Vec<String> = backend
         .list_images()
         .await?
         .into_iter()
-        .filter(|n| n.starts_with("img_"))
+        .filter(|n| ours.contains(n))
         .collect();
     if !left.is_empty() {
         bail!("images left behind: {left:?}");
