@@ -1,3 +1,4 @@
+// size: one clap struct holding every daemon flag with its doc comment (the --help text), and the tests of their parsing and validation.
 //! Daemon flags: the Go provider's names and defaults, plus cephvol's own.
 //!
 //! Go flags kept: `--address`, `--supported-volume-classes`, `--ceph-monitors`,
