@@ -17,7 +17,7 @@
 //! * **loaded, unbounded formats** (the reference: this provider before
 //!   `CephConfig::format_concurrency`): the full load with every LUKS2 format on the blocking
 //!   pool at normal priority, as many at once as the runner submits (`unbounded.rs`). The daemon
-//!   now runs them one by one at nice 19.
+//!   now runs them one by one under `SCHED_IDLE` (`CephConfig::format_concurrency`).
 //!
 //! Idle, loaded, registry only and loaded with unbounded formats alternate `rounds` times; the upper median
 //! of each counts (with two rounds: the higher of the two).
@@ -158,7 +158,7 @@ pub fn run(
             name: "ceph_responsiveness_p99_loaded_vs_unbounded_formats".into(),
             ours: med(loaded, 0.99),
             reference: med(unbounded, 0.99),
-            unit: "s to Available (p99) under the full load: ours (formats one by one at nice 19) \
+            unit: "s to Available (p99) under the full load: ours (formats one by one, SCHED_IDLE) \
                    vs formats unbounded at normal priority (before); lower is better",
             note: format!(
                 "the full load with every LUKS2 format on the blocking pool at normal priority, as \
