@@ -158,7 +158,8 @@ pub fn run(
             name: "ceph_responsiveness_p99_loaded_vs_unbounded_formats".into(),
             ours: med(loaded, 0.99),
             reference: med(unbounded, 0.99),
-            unit: "s to Available (p99) under the full load: ours (formats one by one, SCHED_IDLE) \
+            unit:
+                "s to Available (p99) under the full load: ours (formats one by one, SCHED_IDLE) \
                    vs formats unbounded at normal priority (before); lower is better",
             note: format!(
                 "the full load with every LUKS2 format on the blocking pool at normal priority, as \
