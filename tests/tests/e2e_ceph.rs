@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use iri::volume_v1 as pb;
 use tests::cephvol_bin;
-use tests::cluster::{daemon_flags, skip, var, Ceph, Leftovers, SNAPSHOTS};
+use tests::cluster::{daemon_flags, skip, var, Ceph, Leftovers, SNAPSHOTS, VOLUMES};
 use tests::daemon::{eventually, id_of, ops, restore_req, snapshot_req, volume_req, Daemon};
 
 const MIB: i64 = 1 << 20;
@@ -124,6 +124,24 @@ async fn the_daemon_provisions_volumes_on_a_real_ceph_cluster() {
         ops::wait_volume_gone(&mut c, v).await;
     }
     ops::wait_snapshot_gone(&mut c, &sid).await;
+    // Gone for clients is not gone from the pool: under the deferred deletion policy the volume
+    // is retained until its snapshot and the snapshot's restore are removed. The next suites
+    // start from a consistent pool.
+    let ceph = Ceph { pool: pool.clone() };
+    eventually(
+        WAIT,
+        "every deletion to finish in the pool and the store",
+        || {
+            let images = ceph.images();
+            let ok = [&rid, &eid, &id]
+                .into_iter()
+                .all(|v| ceph.state(VOLUMES, v).is_none() && !images.contains(&format!("img_{v}")))
+                && ceph.state(SNAPSHOTS, &sid).is_none();
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+    ceph.assert_consistent("after the deletions");
     drop(c);
     assert!(d.terminate().await.success(), "{}", d.logs());
 
