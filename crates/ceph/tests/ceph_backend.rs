@@ -698,19 +698,19 @@ async fn luks2_formats_run_one_by_one_at_the_lowest_cpu_priority_that_cryptsetup
             tokio::spawn(async move { b.encryption_format(&n, &pass).await })
         }));
         let watcher = tokio::spawn(async {
-            let (mut most, mut seen, mut nices) =
+            let (mut most, mut seen, mut policies) =
                 (0, std::collections::BTreeSet::new(), Vec::new());
             loop {
                 let threads = format_threads();
                 let formats: std::collections::BTreeSet<&String> =
                     threads.iter().map(|(name, _)| name).collect();
                 most = most.max(formats.len());
-                for (name, nice) in &threads {
+                for (name, policy) in &threads {
                     seen.insert(name.clone());
-                    nices.push(*nice);
+                    policies.push(*policy);
                 }
                 if seen.len() >= 3 {
-                    return (most, seen.len(), nices);
+                    return (most, seen.len(), policies);
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
@@ -718,7 +718,7 @@ async fn luks2_formats_run_one_by_one_at_the_lowest_cpu_priority_that_cryptsetup
         for r in formats.await {
             r.expect("join").expect("format");
         }
-        let (most, threads, nices) =
+        let (most, threads, policies) =
             tokio::time::timeout(std::time::Duration::from_secs(5), watcher)
                 .await
                 .expect("every format's thread was seen")
@@ -727,8 +727,8 @@ async fn luks2_formats_run_one_by_one_at_the_lowest_cpu_priority_that_cryptsetup
         assert_eq!(most, 1, "never two formats at once");
         // Not nice 19: libcryptsetup raises the deriving thread to nice -18 when it may (root).
         assert!(
-            nices.iter().all(|p| *p == libc::SCHED_IDLE as i64),
-            "every thread of a format, the key derivation's included, SCHED_IDLE: {nices:?}"
+            policies.iter().all(|p| *p == libc::SCHED_IDLE as i64),
+            "every thread of a format, the key derivation's included, SCHED_IDLE: {policies:?}"
         );
         for n in &names {
             assert!(b.stat(n).await.is_ok());

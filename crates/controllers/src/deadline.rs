@@ -158,4 +158,17 @@ impl Ctx {
             ))),
         }
     }
+
+    /// [`Ctx::list_children`] where a missing image or snapshot has no children.
+    pub(crate) async fn children_of(
+        &self,
+        image: &str,
+        snap: Option<&str>,
+        token: &CancellationToken,
+    ) -> rbd::Result<Vec<ChildRef>> {
+        match self.list_children(image, snap, token).await {
+            Err(RbdError::NotFound(_)) => Ok(Vec::new()),
+            other => other,
+        }
+    }
 }

@@ -99,11 +99,7 @@ where
     P: FnMut(u64, u64) -> PF,
     PF: std::future::Future<Output = ()>,
 {
-    let children = match ctx.list_children(image, snap, &env.token).await {
-        Ok(c) => c,
-        Err(RbdError::NotFound(_)) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
+    let children = ctx.children_of(image, snap, &env.token).await?;
     if children.is_empty() {
         return Ok(());
     }
@@ -148,11 +144,7 @@ where
             })
         }
     }
-    let left = match ctx.list_children(image, snap, &env.token).await {
-        Ok(c) => c,
-        Err(RbdError::NotFound(_)) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
+    let left = ctx.children_of(image, snap, &env.token).await?;
     let stuck: Vec<String> = left
         .into_iter()
         .filter(|c| children.contains(c))

@@ -136,14 +136,9 @@ async fn deferred(ctx: &Arc<Ctx>, img: Image, info: &ImageInfo) -> Result<Option
     // D3.
     let mut with_children = Vec::new();
     for o in &orphans {
-        let children = match ctx
-            .list_children(&name, Some(o), &CancellationToken::new())
-            .await
-        {
-            Ok(c) => c,
-            Err(RbdError::NotFound(_)) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
+        let children = ctx
+            .children_of(&name, Some(o), &CancellationToken::new())
+            .await?;
         if !children.is_empty() {
             with_children.push(o.clone());
         }

@@ -88,14 +88,9 @@ async fn deferred(ctx: &Arc<Ctx>, mut snap: Snapshot) -> Result<Action> {
         return finish(ctx, snap).await;
     };
     drop_unmoved_rehome_image(ctx, &snap).await?;
-    let children = match ctx
-        .list_children(&parent, Some(&psnap), &CancellationToken::new())
-        .await
-    {
-        Ok(c) => c,
-        Err(RbdError::NotFound(_)) => Vec::new(),
-        Err(e) => return Err(e.into()),
-    };
+    let children = ctx
+        .children_of(&parent, Some(&psnap), &CancellationToken::new())
+        .await?;
     if !children.is_empty() {
         let names: Vec<&str> = children.iter().map(|c| c.image.as_str()).collect();
         let note = format!(

@@ -218,7 +218,7 @@ impl VolumeServer {
             .map_err(|e| store_err("snapshots", e))?;
         let candidates: Vec<Snapshot> = all
             .into_iter()
-            .filter(|s| convert::is_visible_snapshot(s) && !s.metadata.is_deleted())
+            .filter(|s| !s.metadata.is_deleted())
             .filter(|s| match convert::iri_labels(&s.metadata) {
                 Ok(l) => {
                     l.get(convert::SNAPSHOT_NAME_LABEL).map(String::as_str) == Some(name)
@@ -260,7 +260,7 @@ impl VolumeServer {
             .map_err(|e| store_err("volumes", e))?;
         let candidates: Vec<Image> = all
             .into_iter()
-            .filter(|i| convert::is_visible_volume(i) && !i.metadata.is_deleted())
+            .filter(|i| !convert::is_internal_image(i) && !i.metadata.is_deleted())
             .filter(|i| match convert::iri_labels(&i.metadata) {
                 Ok(l) => {
                     l.get(convert::VOLUME_NAME_LABEL).map(String::as_str) == Some(name)
