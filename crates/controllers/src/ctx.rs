@@ -101,6 +101,9 @@ pub(crate) struct Ctx {
     /// Image id → when its OS image reference last failed to resolve for good (an `Error`
     /// volume is resolved again only once `resync_period` has passed; in memory only).
     pub resolve_holds: Mutex<HashMap<String, Instant>>,
+    /// Full lists of the stores not finished yet: the initial one (counted from the start) and
+    /// those after a watch `Resync`. While one is owed, empty queues do not mean idle.
+    pub lists_owed: std::sync::atomic::AtomicUsize,
     /// RBD images with a LUKS2 format still running (possibly past its deadline, in the
     /// background): never two formats of one image at once.
     pub formats: Arc<Mutex<HashSet<String>>>,
@@ -521,6 +524,7 @@ impl Ctx {
             client_key: tokio::sync::Mutex::new(None),
             gates: Mutex::new(HashMap::new()),
             resolve_holds: Mutex::new(HashMap::new()),
+            lists_owed: std::sync::atomic::AtomicUsize::new(1),
             formats: Arc::default(),
             last_events: Mutex::default(),
             unreferenced: Mutex::default(),

@@ -31,9 +31,10 @@
 //!   `spec.snapshotRef` names it; an image that becomes `Available`/`Error` or is deleted wakes
 //!   the snapshot it names (a deletion waiting for it, an OS image losing its last user); a
 //!   re-homed snapshot image wakes the volume being deleted; a snapshot that goes wakes its source
-//!   volume (a retained volume may go with it); a snapshot that becomes `Ready` wakes the snapshot
-//!   its source volume was restored from (that restore was flattened first: a retained snapshot
-//!   may have lost its last clone).
+//!   volume (a retained volume may go with it); a snapshot that becomes `Ready` or `Failed`, or goes,
+//!   wakes the snapshot its source volume was restored from (that restore may have been flattened
+//!   before it was snapshotted: a retained snapshot may have lost its last clone). A watch
+//!   `Resync` is answered by a full list, retried until it succeeds.
 //! * **Nothing slow in a pass.** A reconcile pass only reads, decides, makes metadata calls
 //!   (milliseconds) and submits. Every call that can take longer — resolving an OS image at its
 //!   registry, opening and copying a rootfs, LUKS2 format (seconds of key derivation), encrypted
@@ -532,6 +533,7 @@ impl Controllers {
             client_key: tokio::sync::Mutex::new(None),
             gates: std::sync::Mutex::new(Default::default()),
             resolve_holds: std::sync::Mutex::new(Default::default()),
+            lists_owed: std::sync::atomic::AtomicUsize::new(1),
             formats: Default::default(),
             last_events: Default::default(),
             unreferenced: Default::default(),
@@ -560,9 +562,15 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// True when no key is queued, delayed or being processed by either reconciler.
+    /// True when the controllers have listed the stores (the initial list, and any after a
+    /// watch `Resync`) and no key is queued, delayed or being processed by either reconciler.
     pub fn is_idle(&self) -> bool {
-        self.ctx.image_queue.is_idle() && self.ctx.snapshot_queue.is_idle()
+        self.ctx
+            .lists_owed
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0
+            && self.ctx.image_queue.is_idle()
+            && self.ctx.snapshot_queue.is_idle()
     }
 
     /// The image reconciler's queue.

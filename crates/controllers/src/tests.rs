@@ -493,3 +493,31 @@ async fn a_child_listing_past_its_deadline_is_a_retryable_failure() {
     assert_eq!(t0.elapsed(), ctx.cfg.list_children_timeout);
     assert!(err.is_retryable(), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_resync_whose_re_list_fails_lists_again_until_every_object_is_queued() {
+    // Events coalesced into a `Resync` exist nowhere else: a failed re-list must not drop them.
+    let mem = store::MemoryBackend::new();
+    let ctx = Ctx::for_tests(
+        Arc::new(MockBlockBackend::new()),
+        no_source(),
+        Arc::new(mem.clone()),
+    )
+    .await;
+    ctx.lists_owed.store(0, Ordering::SeqCst);
+    ctx.images
+        .create(store::Image::new("v", store::ImageSpec::default()))
+        .await
+        .unwrap();
+    mem.fail_next(2);
+    crate::wiring::on_image_event(&ctx, store::WatchEvent::Resync).await;
+    let key = tokio::time::timeout(std::time::Duration::from_secs(1), ctx.image_queue.get())
+        .await
+        .expect("the volume is queued");
+    assert_eq!(key.as_deref(), Some("v"));
+    assert_eq!(
+        ctx.lists_owed.load(Ordering::SeqCst),
+        0,
+        "nothing owed after it"
+    );
+}

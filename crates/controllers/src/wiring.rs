@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::FutureExt;
@@ -54,27 +55,15 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) -> Result<()
     let mut image_watch = ctx.images.watch(ListOptions::default())?;
     let mut snapshot_watch = ctx.snapshots.watch(ListOptions::default())?;
     // The initial list is retried (a store hiccup at start must not stop the provider).
-    let mut delay = ctx
-        .cfg
-        .base_backoff
-        .max(std::time::Duration::from_millis(100));
-    loop {
-        let listed = match enqueue_all_images(&ctx).await {
-            Ok(()) => enqueue_all_snapshots(&ctx).await,
-            Err(e) => Err(e),
-        };
-        match listed {
-            Ok(()) => break,
-            Err(e) => {
-                warn!(error = %e, retry_in = ?delay, "initial list failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(ctx.cfg.max_backoff.max(delay));
-            }
-        }
+    let initial = until_listed(&ctx, "initial list", || async {
+        enqueue_all_images(&ctx).await?;
+        enqueue_all_snapshots(&ctx).await
+    });
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        _ = initial => {}
     }
+    ctx.lists_owed.fetch_sub(1, Ordering::SeqCst);
     info!(workers = ctx.cfg.worker_size, "controllers started");
 
     let mut feeders = JoinSet::new();
@@ -182,6 +171,26 @@ async fn worker(ctx: Arc<Ctx>, queue: WorkQueue, kind: Kind) {
     }
 }
 
+/// Runs `list` until it succeeds, waiting `base_backoff` (at least 100 ms), doubled after each
+/// failure up to `max_backoff`. A list after a `Resync` must not give up either: the events
+/// coalesced into the `Resync` exist nowhere else (only the periodic resync, minutes later,
+/// would find the objects they changed).
+async fn until_listed<F, Fut>(ctx: &Ctx, what: &str, mut list: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut delay = ctx
+        .cfg
+        .base_backoff
+        .max(std::time::Duration::from_millis(100));
+    while let Err(e) = list().await {
+        warn!(error = %e, retry_in = ?delay, "{what} failed");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(ctx.cfg.max_backoff.max(delay));
+    }
+}
+
 async fn enqueue_all_images(ctx: &Ctx) -> Result<()> {
     for img in ctx.images.list(&ListOptions::default()).await? {
         ctx.image_queue.add(img.metadata.id);
@@ -196,12 +205,12 @@ async fn enqueue_all_snapshots(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-async fn on_image_event(ctx: &Ctx, ev: WatchEvent<Image>) {
+pub(crate) async fn on_image_event(ctx: &Ctx, ev: WatchEvent<Image>) {
     let (img, gone) = match ev {
         WatchEvent::Resync => {
-            if let Err(e) = enqueue_all_images(ctx).await {
-                warn!(error = %e, "re-list of images failed");
-            }
+            ctx.lists_owed.fetch_add(1, Ordering::SeqCst);
+            until_listed(ctx, "re-list of images", || enqueue_all_images(ctx)).await;
+            ctx.lists_owed.fetch_sub(1, Ordering::SeqCst);
             return;
         }
         WatchEvent::Created(i) | WatchEvent::Updated(i) => (i, false),
@@ -226,9 +235,9 @@ async fn on_image_event(ctx: &Ctx, ev: WatchEvent<Image>) {
 async fn on_snapshot_event(ctx: &Ctx, ev: WatchEvent<Snapshot>) {
     let (snap, gone) = match ev {
         WatchEvent::Resync => {
-            if let Err(e) = enqueue_all_snapshots(ctx).await {
-                warn!(error = %e, "re-list of snapshots failed");
-            }
+            ctx.lists_owed.fetch_add(1, Ordering::SeqCst);
+            until_listed(ctx, "re-list of snapshots", || enqueue_all_snapshots(ctx)).await;
+            ctx.lists_owed.fetch_sub(1, Ordering::SeqCst);
             return;
         }
         WatchEvent::Created(s) | WatchEvent::Updated(s) => (s, false),
@@ -246,9 +255,10 @@ async fn on_snapshot_event(ctx: &Ctx, ev: WatchEvent<Snapshot>) {
         // A retained volume waits for its last snapshot to go.
         ctx.image_queue.add(volume.clone());
     }
-    if !gone && !volume.is_empty() && snap.status.state == SnapshotState::Ready {
+    if !volume.is_empty() && (gone || settled) {
         // A restore is flattened before it is snapshotted: the snapshot it was restored from
-        // may have lost its last clone (a retained snapshot waits for that).
+        // may have lost its last clone (a retained snapshot waits for that), whether the new
+        // snapshot then became ready, failed or was deleted before either.
         wake_restored_from(ctx, volume).await;
     }
     if !gone {

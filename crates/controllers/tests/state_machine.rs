@@ -1087,3 +1087,51 @@ fn a_retained_volume_and_snapshot_go_with_their_last_restore_under_either_policy
         run_case(steps.clone(), policy, 2, 2).unwrap();
     }
 }
+
+#[test]
+fn an_expand_during_a_failed_initial_list_after_a_restart_is_applied() {
+    // The restarted controllers' initial list fails once and is retried after a delay; the
+    // system is not idle before it has listed (empty queues alone said so, and the check ran
+    // before the controllers had started).
+    let steps = vec![
+        Step::CreateEmpty {
+            mib: 1,
+            encrypted: false,
+        },
+        Step::CreateEmpty {
+            mib: 1,
+            encrypted: false,
+        },
+        Step::Restart,
+        Step::StoreFault { count: 1 },
+        Step::Yield { n: 1 },
+        Step::Expand { pick: 0, mib: 1 },
+    ];
+    run_case(steps, DeletePolicy::Deferred, 1, 0).unwrap();
+}
+
+#[test]
+fn a_retained_snapshot_goes_when_its_last_restore_was_flattened_for_a_snapshot_deleted_before_it_was_ready(
+) {
+    // The snapshot of the restore flattens the restore, then fails to be made (an injected
+    // fault) and is deleted before it was ever `Ready`: the restore's source snapshot, retained
+    // for that clone, must still hear that it has none left.
+    let steps = vec![
+        Step::CreateFromSnapshot {
+            pick: 0,
+            extra_mib: 0,
+            encrypted: false,
+        },
+        Step::RestartSwitchingPolicy,
+        Step::Fault { op: 4, count: 1 },
+        Step::DeleteSnapshot { pick: 0 },
+        Step::Expand { pick: 0, mib: 1 },
+        Step::CreateFromSnapshot {
+            pick: 5,
+            extra_mib: 0,
+            encrypted: false,
+        },
+        Step::DeleteSnapshot { pick: 0 },
+    ];
+    run_case(steps, DeletePolicy::Flatten, 1, 0).unwrap();
+}
