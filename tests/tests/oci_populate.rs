@@ -68,6 +68,8 @@ async fn the_rootfs_streams_into_a_fake_rbd_image_with_four_writes_in_flight_ski
         chunk_size: CHUNK,
         queue_depth: 4,
         skip_zeroes: true,
+        start: 0,
+        dirty_until: 0,
         total_hint: rootfs.size,
         passphrase: None,
     };

@@ -165,6 +165,8 @@ mod real {
                     chunk_size: DEFAULT_POPULATOR_BUFFER_SIZE,
                     queue_depth: depth,
                     skip_zeroes: true,
+                    start: 0,
+                    dirty_until: 0,
                     total_hint: size as u64,
                     passphrase: None,
                 };

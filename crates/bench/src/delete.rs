@@ -249,6 +249,8 @@ async fn fill(backend: &CephBackend, image: &str, size: u64) -> Result<()> {
         chunk_size: CHUNK as usize,
         queue_depth: 4,
         skip_zeroes: false,
+        start: 0,
+        dirty_until: 0,
         total_hint: size,
         passphrase: None,
     };

@@ -362,6 +362,8 @@ async fn write_once(
         chunk_size: POPULATE_CHUNK,
         queue_depth: qd,
         skip_zeroes: true,
+        start: 0,
+        dirty_until: 0,
         total_hint: size as u64,
         passphrase: None,
     };

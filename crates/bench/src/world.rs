@@ -477,6 +477,7 @@ impl ImageSource for PacedSource {
             size,
             layer_digest: digest_of(&format!("{reference}/layer")),
             manifest_digest: digest.to_string(),
+            start: 0,
             data: Box::pin(stream),
         })
     }

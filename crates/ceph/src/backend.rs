@@ -402,7 +402,8 @@ async fn feed(
     }
 }
 
-/// The writer side of `write_stream`: `depth` aio writes in flight, FIFO completion.
+/// The writer side of `write_stream`: `depth` aio writes in flight, FIFO completion (so `done`,
+/// the end of the oldest completed write, is the watermark progress reports).
 fn write_chunks(
     image: &Image,
     mut rx: mpsc::Receiver<Result<Bytes>>,
@@ -418,8 +419,8 @@ fn write_chunks(
     let limit = image.size()?;
     let depth = opts.queue_depth.max(1);
     let mut in_flight: VecDeque<PendingWrite> = VecDeque::with_capacity(depth);
-    let mut offset: u64 = 0;
-    let mut done: u64 = 0;
+    let mut offset: u64 = opts.start;
+    let mut done: u64 = opts.start;
     let finish = |w: PendingWrite, done: &mut u64| -> Result<()> {
         let end = w.offset + w.len as u64;
         w.finish(image.name())?;
@@ -446,7 +447,7 @@ fn write_chunks(
                 image.name()
             )));
         }
-        if skip_zeroes && is_zero(&chunk) {
+        if skip_zeroes && offset >= opts.dirty_until && is_zero(&chunk) {
             offset += len;
             if in_flight.is_empty() {
                 done = offset;

@@ -394,6 +394,8 @@ async fn write_stream_pipelines_skips_zero_chunks_and_reads_back() {
             chunk_size: chunk,
             queue_depth: 4,
             skip_zeroes: true,
+            start: 0,
+            dirty_until: 0,
             total_hint: expected.len() as u64,
             passphrase: None,
         };

@@ -99,6 +99,31 @@ impl Ctx {
         token: &CancellationToken,
     ) -> Result<Result<Rootfs, SourceError>, Cancelled> {
         let call = self.source.open_rootfs(reference, architecture);
+        self.bounded_open(reference, call, token).await
+    }
+
+    /// [`ImageSource::open_rootfs_from`](crate::ImageSource::open_rootfs_from) within
+    /// `resolve_timeout`, as [`Ctx::open_rootfs`].
+    pub(crate) async fn open_rootfs_from(
+        &self,
+        reference: &str,
+        architecture: Option<&str>,
+        offset: u64,
+        prefix: rbd::ByteStream,
+        token: &CancellationToken,
+    ) -> Result<Result<Rootfs, SourceError>, Cancelled> {
+        let call = self
+            .source
+            .open_rootfs_from(reference, architecture, offset, prefix);
+        self.bounded_open(reference, call, token).await
+    }
+
+    async fn bounded_open(
+        &self,
+        reference: &str,
+        call: impl std::future::Future<Output = Result<Rootfs, SourceError>>,
+        token: &CancellationToken,
+    ) -> Result<Result<Rootfs, SourceError>, Cancelled> {
         match bounded(call, self.cfg.resolve_timeout, token).await {
             Ok(r) => Ok(r),
             Err(Interrupted::Cancelled) => Err(Cancelled),

@@ -64,8 +64,11 @@ pub struct Rootfs {
     pub layer_digest: String,
     /// Digest of the manifest the layer belongs to.
     pub manifest_digest: String,
-    /// The raw layer bytes. The stream verifies the digest at its end and yields an
-    /// `std::io::Error` (kind `InvalidData`) on mismatch, so a corrupt layer never completes.
+    /// Offset in the layer of the first byte of `data` (0: the whole layer).
+    pub start: u64,
+    /// The raw layer bytes from `start` on. The stream verifies the digest of the whole layer at
+    /// its end and yields an `std::io::Error` (kind `InvalidData`) on mismatch (or when the
+    /// re-read prefix of a resumed layer has the wrong length), so a corrupt layer never completes.
     pub data: ByteStream,
 }
 
@@ -86,4 +89,20 @@ pub trait ImageSource: Send + Sync + 'static {
         reference: &str,
         architecture: Option<&str>,
     ) -> Result<Rootfs, SourceError>;
+
+    /// Opens the rootfs layer from byte `offset` on, to continue an interrupted populate.
+    /// `prefix` yields the layer's first `offset` bytes as they were written (read back from the
+    /// image): the source hashes them before the rest, so the digest is still verified over the
+    /// whole layer. A source that cannot serve a part of the layer (a registry that ignores HTTP
+    /// `Range`) returns the whole layer, `start` 0; so does this default.
+    async fn open_rootfs_from(
+        &self,
+        reference: &str,
+        architecture: Option<&str>,
+        offset: u64,
+        prefix: ByteStream,
+    ) -> Result<Rootfs, SourceError> {
+        let _ = (offset, prefix);
+        self.open_rootfs(reference, architecture).await
+    }
 }

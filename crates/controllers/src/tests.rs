@@ -186,7 +186,7 @@ fn base() -> String {
     format!("snap_{DIGEST}")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_populate_whose_stream_breaks_removes_the_partial_image_and_fails_for_a_retry() {
     let mut rbd = MockBlockBackend::new();
     let mut seq = Sequence::new();
@@ -253,6 +253,7 @@ async fn a_populate_whose_stream_breaks_removes_the_partial_image_and_fails_for_
                 size: 300_000,
                 layer_digest: "sha256:layer".into(),
                 manifest_digest: DIGEST.into(),
+                start: 0,
                 data: Box::pin(futures::stream::iter(items)),
             })
         });

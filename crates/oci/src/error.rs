@@ -62,11 +62,15 @@ pub type BlobStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 pub struct Rootfs {
     /// Layer size in bytes (from its descriptor).
     pub size: u64,
+    /// Offset in the layer of the first byte of [`Rootfs::data`]: 0 for the whole layer, the
+    /// resume offset when [`crate::OciClient::open_rootfs_from`] got only the rest.
+    pub start: u64,
     /// Layer digest `sha256:<hex>`.
     pub layer_digest: String,
     /// Digest of the manifest the layer belongs to.
     pub manifest_digest: String,
-    /// The raw layer bytes. The stream verifies the digest at its end and yields an
-    /// `std::io::Error` (kind `InvalidData`) on mismatch, so a corrupt layer never completes.
+    /// The raw layer bytes from [`Rootfs::start`] on. The stream verifies the digest of the whole
+    /// layer at its end and yields an `std::io::Error` (kind `InvalidData`) on mismatch, so a
+    /// corrupt layer never completes.
     pub data: BlobStream,
 }

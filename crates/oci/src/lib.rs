@@ -54,6 +54,31 @@
 //! differs from the layer descriptor. A body that stalls longer than [`OciOptions::read_timeout`]
 //! yields `TimedOut` (wrapping `Unavailable`).
 //!
+//! # Resuming
+//! [`OciClient::open_rootfs_from`] continues a rootfs download that stopped at byte `offset`; the
+//! caller hands in the layer's first `offset` bytes as it wrote them (a stream, read back from
+//! the device). Resolution, layer choice and the config check are those of
+//! [`OciClient::open_rootfs`]; then:
+//! - `offset` 0 or at least the layer size: the whole layer, as `open_rootfs` gives it
+//!   ([`Rootfs::start`] 0); the prefix is dropped unread.
+//! - otherwise the blob is requested with `Range: bytes=<offset>-`:
+//!   - `206` with a content length of `size - offset` (or none): [`Rootfs::start`] is `offset`
+//!     and [`Rootfs::data`] yields the bytes from `offset` on. Before its first byte, the prefix
+//!     is read to its end and hashed; every byte of the rest is hashed as it passes, and the
+//!     stream ends cleanly only if the sha256 of prefix and rest together is the layer digest.
+//!     Neither part is buffered whole. A prefix of more or fewer than `offset` bytes, or a
+//!     whole that hashes to another digest, ends the stream with the `InvalidData` /
+//!     [`Error::DigestMismatch`] error of a corrupt whole layer; an error reading the prefix ends
+//!     it with an `io::Error` (kind `Other`) wrapping [`Error::Unavailable`]. The rest is guarded
+//!     like a whole layer (idle timeout, counted against `size - offset`); the time spent
+//!     reading the prefix back is not limited.
+//!   - `206` with another content length: the registry is taken as one that cannot serve ranges;
+//!     that answer is dropped and the whole layer is downloaded (start 0).
+//!   - `200` (the range ignored): that answer is the whole layer, digest-verified as by
+//!     `open_rootfs` (start 0); the prefix is dropped unread.
+//!   - `416` (the range refused): the whole layer is downloaded (start 0).
+//!   - any other failure of the request: the error classes of `open_rootfs`.
+//!
 //! # Error classes
 //! Unknown repository/tag/digest → `NotFound`; bad reference → `InvalidReference`; no platform →
 //! `NoPlatformMatch`; no rootfs → `NoRootfs`; corrupt bytes → `DigestMismatch` (retryable);
@@ -105,6 +130,7 @@ mod error;
 mod manifest;
 mod reference;
 mod registry;
+mod resume;
 mod stream;
 
 use std::path::PathBuf;
@@ -121,8 +147,9 @@ pub use reference::Reference;
 pub use stream::digest_mismatch;
 
 use manifest::{parse_document, pick_platform};
+use oci_client::client::SizedStream;
 use reference::is_sha256_digest;
-use registry::{RegistryClient, Session};
+use registry::{RangedBlob, RegistryClient, Session};
 
 /// How [`OciClient`] talks to registries.
 #[derive(Debug, Clone)]
@@ -273,7 +300,15 @@ impl OciClient {
         ImageConfig::parse(&body)
     }
 
-    async fn open(&self, reference: &str, architecture: Option<&str>) -> Result<Rootfs, Error> {
+    /// Opens the rootfs layer of `reference`: the whole layer, or with `resume` =
+    /// `Some((offset, prefix))` and `0 < offset < size` only its bytes from `offset` on, verified
+    /// together with `prefix` (crate docs, "Resuming"). One path for both up to the blob GET.
+    async fn open(
+        &self,
+        reference: &str,
+        architecture: Option<&str>,
+        resume: Option<(u64, BlobStream)>,
+    ) -> Result<Rootfs, Error> {
         let r = Reference::parse(reference)?;
         let session = self.client.session(&r).await?;
         let resolved = self.resolve_manifest(&session, &r, architecture).await?;
@@ -289,7 +324,64 @@ impl OciClient {
             )));
         }
         self.config(&session, &resolved).await?;
+        let manifest_digest = resolved.digest;
+        match resume {
+            Some((offset, prefix)) if offset > 0 && offset < rootfs.size => {
+                let digest = &rootfs.digest;
+                match self.client.get_blob_from(&session, digest, offset).await? {
+                    RangedBlob::Partial(body) => {
+                        let rest = rootfs.size - offset;
+                        match body.content_length {
+                            Some(len) if len != rest => debug!(
+                                digest = %digest, offset, len, rest,
+                                "the registry answered 206 with the wrong length: \
+                                 downloading the whole layer"
+                            ),
+                            _ => {
+                                debug!(digest = %digest, offset, rest, "resuming rootfs (206)");
+                                let idle = self.client.read_timeout();
+                                let rest = stream::guard(body.stream, digest, rest, idle);
+                                let data = resume::verify_resumed(prefix, rest, digest, offset);
+                                return Ok(Rootfs {
+                                    size: rootfs.size,
+                                    start: offset,
+                                    layer_digest: rootfs.digest,
+                                    manifest_digest,
+                                    data,
+                                });
+                            }
+                        }
+                    }
+                    RangedBlob::Full(body) => {
+                        debug!(
+                            digest = %digest, offset,
+                            "the registry ignored the range (200): streaming the whole layer"
+                        );
+                        return self.whole_layer(body, rootfs, manifest_digest);
+                    }
+                    RangedBlob::NotSatisfiable => debug!(
+                        digest = %digest, offset,
+                        "the registry refused the range (416): downloading the whole layer"
+                    ),
+                }
+            }
+            Some((offset, _)) => debug!(
+                digest = %rootfs.digest, offset, size = rootfs.size,
+                "nothing to resume at this offset: downloading the whole layer"
+            ),
+            None => {}
+        }
         let blob = self.client.get_blob(&session, &rootfs.digest).await?;
+        self.whole_layer(blob, rootfs, manifest_digest)
+    }
+
+    /// The whole rootfs layer `rootfs` from its digest-verifying body `blob`, guarded.
+    fn whole_layer(
+        &self,
+        blob: SizedStream,
+        rootfs: Descriptor,
+        manifest_digest: String,
+    ) -> Result<Rootfs, Error> {
         if let Some(len) = blob.content_length {
             if len != rootfs.size {
                 return Err(Error::DigestMismatch(format!(
@@ -307,8 +399,9 @@ impl OciClient {
         );
         Ok(Rootfs {
             size: rootfs.size,
+            start: 0,
             layer_digest: rootfs.digest,
-            manifest_digest: resolved.digest,
+            manifest_digest,
             data,
         })
     }
@@ -341,7 +434,28 @@ impl OciClient {
         architecture: Option<&str>,
     ) -> Result<Rootfs, Error> {
         let span = info_span!("oci_open_rootfs", reference, architecture);
-        self.open(reference, architecture).instrument(span).await
+        self.open(reference, architecture, None)
+            .instrument(span)
+            .await
+    }
+
+    /// Opens the rootfs layer of `reference` from byte `offset` on, after a download that stopped
+    /// there (crate docs, "Resuming"). `prefix` must yield the layer's first `offset` bytes as
+    /// they were written (read back from wherever the earlier download went); they are hashed
+    /// with the rest, so the whole layer is verified. [`Rootfs::start`] says where
+    /// [`Rootfs::data`] begins: `offset` when the registry served the range, else 0 (the whole
+    /// layer, `prefix` dropped unread).
+    pub async fn open_rootfs_from(
+        &self,
+        reference: &str,
+        architecture: Option<&str>,
+        offset: u64,
+        prefix: BlobStream,
+    ) -> Result<Rootfs, Error> {
+        let span = info_span!("oci_open_rootfs_from", reference, architecture, offset);
+        self.open(reference, architecture, Some((offset, prefix)))
+            .instrument(span)
+            .await
     }
 }
 
@@ -357,5 +471,7 @@ mod tests {
         let client = OciClient::new(OciOptions::default()).expect("client");
         assert_send(&client.resolve("h/r:t", None));
         assert_send(&client.open_rootfs("h/r:t", None));
+        let prefix: BlobStream = Box::pin(futures::stream::empty());
+        assert_send(&client.open_rootfs_from("h/r:t", None, 1, prefix));
     }
 }

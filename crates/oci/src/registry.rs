@@ -10,6 +10,7 @@
 //! | `401`/`403`, `UNAUTHORIZED`/`DENIED`, refused token request | `Unavailable` ("access denied": fix the credentials, it heals) |
 //! | `404`, `MANIFEST_UNKNOWN`/`NAME_UNKNOWN`/`BLOB_UNKNOWN` | `NotFound` |
 //! | `NAME_INVALID`/`TAG_INVALID` | `InvalidReference` |
+//! | `416` to a blob GET with a `Range` header | no error: the caller falls back to the whole blob |
 //! | body or header digest differs from the content | `DigestMismatch` (retryable) |
 //! | any other status or unparsable answer | `Malformed` |
 //!
@@ -23,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::client::{
+    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream,
+};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
@@ -301,7 +304,7 @@ impl RegistryClient {
         &self,
         s: &Session<'_>,
         digest: &str,
-    ) -> Result<oci_client::client::SizedStream, Error> {
+    ) -> Result<SizedStream, Error> {
         let what = format!("blob {}@{digest}", s.reference.locator());
         let image = oci_reference(s.reference, digest);
         // Make sure the client holds the session's credentials (blob pulls take none).
@@ -315,6 +318,47 @@ impl RegistryClient {
             .map_err(|_| Error::Unavailable(format!("{what}: no response within {timeout:?}")))?
             .map_err(|e| classify(&what, e))
     }
+
+    /// GETs a blob from byte `offset` on (`Range: bytes=<offset>-`), with the time bound and error
+    /// classes of [`RegistryClient::get_blob`]. A `416` is an answer ([`RangedBlob::NotSatisfiable`]),
+    /// not an error.
+    pub(crate) async fn get_blob_from(
+        &self,
+        s: &Session<'_>,
+        digest: &str,
+        offset: u64,
+    ) -> Result<RangedBlob, Error> {
+        let what = format!("blob {}@{digest} from byte {offset}", s.reference.locator());
+        let image = oci_reference(s.reference, digest);
+        s.client
+            .store_auth_if_needed(image.resolve_registry(), &s.auth)
+            .await;
+        let timeout = self.opts.connect_timeout + self.opts.read_timeout;
+        let answer = s
+            .client
+            .pull_blob_stream_partial(&image, digest, offset, None);
+        match tokio::time::timeout(timeout, answer)
+            .await
+            .map_err(|_| Error::Unavailable(format!("{what}: no response within {timeout:?}")))?
+        {
+            Ok(BlobResponse::Partial(body)) => Ok(RangedBlob::Partial(body)),
+            Ok(BlobResponse::Full(body)) => Ok(RangedBlob::Full(body)),
+            Err(OciDistributionError::ServerError { code: 416, .. }) => {
+                Ok(RangedBlob::NotSatisfiable)
+            }
+            Err(e) => Err(classify(&what, e)),
+        }
+    }
+}
+
+/// The registry's answer to a blob GET with a `Range` header.
+pub(crate) enum RangedBlob {
+    /// `206`: the bytes from the offset on. `oci-client` does not verify them.
+    Partial(SizedStream),
+    /// `200`: the registry ignored the range; the whole blob, digest-verifying.
+    Full(SizedStream),
+    /// `416`: the registry refused the range.
+    NotSatisfiable,
 }
 
 /// `r`'s repository at `object` (tag or digest) as an `oci-client` reference, built from the parts

@@ -24,6 +24,8 @@ fn opts(chunk_size: usize, queue_depth: usize) -> WriteOptions {
         chunk_size,
         queue_depth,
         skip_zeroes: false,
+        start: 0,
+        dirty_until: 0,
         total_hint: 0,
         passphrase: None,
     }

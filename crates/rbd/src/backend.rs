@@ -182,7 +182,10 @@ impl fmt::Debug for Passphrase {
 }
 
 /// Progress callback of long calls: `(done, total)` in the call's own unit (bytes for writes, objects
-/// for flatten). Called from backend threads: it must be cheap and must not block.
+/// for flatten). Called from backend threads: it must be cheap and must not block. For
+/// [`BlockBackend::write_stream`], `done` is a watermark: every byte of the image below `done`
+/// (from [`WriteOptions::start`] on) has been written (skipped zero chunks count as written), so a
+/// caller may record it as a checkpoint to resume from.
 pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 /// A progress callback that ignores every report.
@@ -202,6 +205,12 @@ pub struct WriteOptions {
     pub queue_depth: usize,
     /// Skip chunks that are all zeroes (the image must be fresh, so they already read as zeroes).
     pub skip_zeroes: bool,
+    /// Image offset of the stream's first byte (0: the start of the image; a resumed write
+    /// continues at its checkpoint).
+    pub start: u64,
+    /// Bytes below this offset may hold data of an earlier, interrupted write: zero chunks there
+    /// are written even with `skip_zeroes` (0: the image is fresh everywhere).
+    pub dirty_until: u64,
     /// Expected total bytes, for progress reports (0 when unknown).
     pub total_hint: u64,
     /// Write through the LUKS2 layer of an image formatted with this passphrase.
@@ -214,6 +223,8 @@ impl Default for WriteOptions {
             chunk_size: 5 * 1024 * 1024,
             queue_depth: 4,
             skip_zeroes: true,
+            start: 0,
+            dirty_until: 0,
             total_hint: 0,
             passphrase: None,
         }
@@ -330,9 +341,10 @@ pub trait BlockBackend: Send + Sync + 'static {
         chunk_size: usize,
     ) -> Result<ByteStream>;
 
-    /// Writes `data` from offset 0 of an existing image, with `opts.queue_depth` writes in flight.
-    /// Returns the number of bytes consumed from the stream. Data beyond the image size is an
-    /// `InvalidArgument` error. Progress is reported in bytes (`total` = `opts.total_hint`).
+    /// Writes `data` from offset `opts.start` of an existing image, with `opts.queue_depth` writes
+    /// in flight. Returns the offset behind the last byte consumed from the stream (`opts.start` +
+    /// the bytes consumed). Data beyond the image size is an `InvalidArgument` error. Progress is
+    /// reported in bytes as a watermark (see [`ProgressFn`]; `total` = `opts.total_hint`).
     async fn write_stream(
         &self,
         image: &str,

@@ -4,6 +4,7 @@
 //!
 //! Owns no backend state: the backend passes a closure that performs one write request.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 
 use bytes::{Bytes, BytesMut};
@@ -49,13 +50,15 @@ impl Rechunker {
     }
 }
 
-/// Runs a pipelined write of `data` from offset 0.
+/// Runs a pipelined write of `data` from offset `opts.start`.
 ///
 /// * `limit`: writable bytes (image size, minus an encryption header where one applies); a request
 ///   reaching past it fails the whole call with `InvalidArgument` (earlier requests stay written).
 /// * `write(offset, bytes)`: performs one request; up to `opts.queue_depth` of them run concurrently.
+/// * progress: the watermark below which every request has completed (requests complete out of
+///   order; the lowest one still running holds it back), from `opts.start` on.
 ///
-/// Returns the number of bytes consumed from the stream.
+/// Returns the offset behind the last byte consumed from the stream.
 pub async fn pipelined_write<F, Fut>(
     data: ByteStream,
     opts: &WriteOptions,
@@ -81,9 +84,22 @@ where
         done: false,
     };
     let mut in_flight = FuturesUnordered::new();
-    let mut offset: u64 = 0;
-    let mut done_bytes: u64 = 0;
+    // Start offsets of the requests still running: the lowest holds the watermark back.
+    let mut running = BTreeSet::new();
+    let mut offset: u64 = opts.start;
+    let mut reported: u64 = opts.start;
     let mut input_done = false;
+    let report = |running: &BTreeSet<u64>, offset: u64, reported: &mut u64| {
+        let mark = running.first().copied().unwrap_or(offset);
+        if mark > *reported {
+            *reported = mark;
+            progress(mark, opts.total_hint);
+        }
+    };
+    let submit = |at: u64, chunk: Bytes| {
+        let fut = write(at, chunk);
+        async move { fut.await.map(|_| at) }
+    };
     loop {
         if cancel.is_cancelled() {
             return Err(RbdError::Cancelled);
@@ -93,8 +109,8 @@ where
                 biased;
                 _ = cancel.cancelled() => return Err(RbdError::Cancelled),
                 Some(res) = in_flight.next(), if !in_flight.is_empty() => {
-                    done_bytes += res?;
-                    progress(done_bytes, opts.total_hint);
+                    running.remove(&res?);
+                    report(&running, offset, &mut reported);
                 }
                 chunk = input.next_chunk() => match chunk? {
                     None => input_done = true,
@@ -108,13 +124,13 @@ where
                                 "data reaches byte {end}, beyond the writable size {limit}"
                             )));
                         }
-                        if opts.skip_zeroes && is_zero(&chunk) {
-                            done_bytes += len;
-                            progress(done_bytes, opts.total_hint);
-                        } else {
-                            in_flight.push(write(offset, chunk));
+                        let skip = opts.skip_zeroes && offset >= opts.dirty_until && is_zero(&chunk);
+                        if !skip {
+                            running.insert(offset);
+                            in_flight.push(submit(offset, chunk));
                         }
                         offset = end;
+                        report(&running, offset, &mut reported);
                     }
                 },
             }
@@ -123,8 +139,8 @@ where
                 biased;
                 _ = cancel.cancelled() => return Err(RbdError::Cancelled),
                 Some(res) = in_flight.next() => {
-                    done_bytes += res?;
-                    progress(done_bytes, opts.total_hint);
+                    running.remove(&res?);
+                    report(&running, offset, &mut reported);
                 }
             }
         } else {

@@ -1,12 +1,15 @@
 //! Fake HTTP servers that play registries a real `docker-registry` cannot: [`FakeHttp`] (a broken
-//! registry answering every request alike) and [`TokenGate`] (a registry behind bearer-token
-//! authentication). Both are `wiremock` servers on 127.0.0.1 that stop on drop; they own no process
-//! and no files. Every answer they give is well-formed HTTP, so nothing here is written by hand.
+//! registry answering every request alike), [`TokenGate`] (a registry behind bearer-token
+//! authentication) and [`RangeFake`] (a registry that cannot serve byte ranges of blobs). All are
+//! `wiremock` servers on 127.0.0.1 that stop on drop; they own no process and no files. Every
+//! answer they give is well-formed HTTP, so nothing here is written by hand.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
-use wiremock::matchers::{any, body_string_contains, header, method, path, path_regex};
+use wiremock::matchers::{
+    any, body_string_contains, header, header_exists, method, path, path_regex,
+};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::{mt, sha256};
@@ -183,6 +186,94 @@ impl TokenGate {
             }
         }
         log
+    }
+}
+
+/// How a [`RangeFake`] answers a blob GET that carries a `Range` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeAnswer {
+    /// `200` with the whole blob, as if there were no `Range` header.
+    Ignored,
+    /// `206` with the whole blob as its body, so its content length is not that of the range.
+    WrongLength,
+    /// `416 Range Not Satisfiable`.
+    NotSatisfiable,
+}
+
+/// A registry that cannot serve byte ranges: a copy of a [`crate::TestRegistry`]'s content (as
+/// [`TokenGate`] copies it, without authentication), where every GET without a `Range` header is
+/// answered from the copy with `200`, and every blob GET with one as its [`RangeAnswer`] says.
+/// Unknown paths get `404 NAME_UNKNOWN`.
+pub struct RangeFake {
+    server: MockServer,
+    host: String,
+}
+
+impl RangeFake {
+    /// Copies the registry at `upstream` (`127.0.0.1:<port>`, no credentials) and starts serving
+    /// it; push the images before.
+    pub async fn start(upstream: &str, answer: RangeAnswer) -> RangeFake {
+        let content = copy_registry(upstream).await;
+        let server = MockServer::start().await;
+        let host = server.address().to_string();
+        for (p, c) in content {
+            let whole = ResponseTemplate::new(200)
+                .set_body_raw(c.body.clone(), &c.content_type)
+                .insert_header("docker-content-digest", c.digest.as_str());
+            let ranged = match answer {
+                RangeAnswer::Ignored => None,
+                RangeAnswer::WrongLength => Some(
+                    ResponseTemplate::new(206)
+                        .set_body_raw(c.body, &c.content_type)
+                        .insert_header("docker-content-digest", c.digest.as_str()),
+                ),
+                RangeAnswer::NotSatisfiable => Some(
+                    ResponseTemplate::new(416)
+                        .set_body_raw("requested range not satisfiable", "text/plain"),
+                ),
+            };
+            if let (Some(ranged), true) = (ranged, p.contains("/blobs/")) {
+                Mock::given(method("GET"))
+                    .and(path(p.as_str()))
+                    .and(header_exists("range"))
+                    .respond_with(ranged)
+                    .with_priority(1)
+                    .mount(&server)
+                    .await;
+            }
+            Mock::given(method("GET"))
+                .and(path(p))
+                .respond_with(whole)
+                .with_priority(2)
+                .mount(&server)
+                .await;
+        }
+        Mock::given(any())
+            .respond_with(ResponseTemplate::new(404).set_body_raw(
+                r#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#,
+                "application/json",
+            ))
+            .with_priority(3)
+            .mount(&server)
+            .await;
+        RangeFake { server, host }
+    }
+
+    /// `127.0.0.1:<port>` of the fake: use it as the reference host.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The `Range` headers of the requests received so far, in order.
+    pub async fn ranges(&self) -> Vec<String> {
+        self.server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r.headers.get("range"))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
     }
 }
 

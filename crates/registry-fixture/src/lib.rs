@@ -2,8 +2,10 @@
 //! * [`TestRegistry`] (module `registry`): a real OCI registry on loopback, Debian's
 //!   `docker-registry`, with its own config and storage, optionally demanding HTTP Basic;
 //! * [`Pusher`] (module `pusher`): builds ironcore images from bytes and pushes them;
-//! * [`FakeHttp`] and [`TokenGate`] (module `fake`): wiremock servers playing a broken registry and
-//!   a registry behind bearer tokens;
+//! * [`FakeHttp`], [`TokenGate`] and [`RangeFake`] (module `fake`): wiremock servers playing a
+//!   broken registry, a registry behind bearer tokens and registries that cannot serve byte ranges;
+//! * [`CountingProxy`] (module `proxy`): a TCP forwarder counting the bytes a server sends, as
+//!   they flow;
 //! * Docker config files, a closed port, and the workspace's test data ([`pattern`], [`sha256`]
 //!   from `testdata`).
 //!
@@ -17,10 +19,12 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 mod fake;
+mod proxy;
 mod pusher;
 mod registry;
 
-pub use crate::fake::{FakeHttp, GateLog, TokenGate, TokenPolicy};
+pub use crate::fake::{FakeHttp, GateLog, RangeAnswer, RangeFake, TokenGate, TokenPolicy};
+pub use crate::proxy::CountingProxy;
 pub use crate::pusher::{IronImage, Pushed, PushedImage, PushedIndex, Pusher};
 pub use crate::registry::{
     registry_binary, Error, TestRegistry, DEFAULT_REGISTRY_BIN, TEST_PASSWORD, TEST_USER,

@@ -1,8 +1,11 @@
 //! The fake servers as a client sees them: `FakeHttp` answers everything alike, `TokenGate` serves
-//! a registry's content byte for byte, but only with the token its endpoint grants.
+//! a registry's content byte for byte, but only with the token its endpoint grants, and `RangeFake`
+//! serves it openly but answers ranged blob GETs as its `RangeAnswer` says.
 #![allow(clippy::unwrap_used)]
 
-use registry_fixture::{mt, FakeHttp, IronImage, TestRegistry, TokenGate, TokenPolicy};
+use registry_fixture::{
+    mt, FakeHttp, IronImage, RangeAnswer, RangeFake, TestRegistry, TokenGate, TokenPolicy,
+};
 
 #[tokio::test]
 async fn a_fake_http_server_answers_every_request_with_the_same_status_and_body() {
@@ -159,4 +162,64 @@ async fn the_token_gate_grants_a_refresh_token_only_by_post_with_that_token() {
             "grant_type=refresh_token&refresh_token=refresh-1&scope=x".to_string()
         )
     );
+}
+
+#[tokio::test]
+async fn the_range_fake_answers_ranged_blob_gets_as_told_and_everything_else_in_full() {
+    let reg = TestRegistry::start();
+    let pushed = reg
+        .pusher()
+        .push_image("os/ranged", "v1", &IronImage::rootfs(b"ranged os".to_vec()))
+        .await;
+    let rootfs = pushed.rootfs.as_ref().unwrap();
+    let http = reqwest::Client::new();
+    for (answer, status, body) in [
+        (RangeAnswer::Ignored, 200, &b"ranged os"[..]),
+        (RangeAnswer::WrongLength, 206, &b"ranged os"[..]),
+        (
+            RangeAnswer::NotSatisfiable,
+            416,
+            &b"requested range not satisfiable"[..],
+        ),
+    ] {
+        let fake = RangeFake::start(reg.host(), answer).await;
+        let blob = format!(
+            "http://{}/v2/os/ranged/blobs/{}",
+            fake.host(),
+            rootfs.digest
+        );
+        let ranged = http
+            .get(&blob)
+            .header("range", "bytes=3-")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ranged.status().as_u16(), status, "{answer:?}");
+        assert_eq!(ranged.bytes().await.unwrap().as_ref(), body, "{answer:?}");
+        let whole = http.get(&blob).send().await.unwrap();
+        assert_eq!(whole.status().as_u16(), 200, "{answer:?}");
+        assert_eq!(
+            whole.headers()["docker-content-digest"],
+            rootfs.digest.as_str()
+        );
+        assert_eq!(whole.bytes().await.unwrap().as_ref(), b"ranged os");
+        let manifest = http
+            .get(format!("http://{}/v2/os/ranged/manifests/v1", fake.host()))
+            .header("range", "bytes=3-")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            manifest.status().as_u16(),
+            200,
+            "{answer:?}: manifests in full"
+        );
+        let unknown = http
+            .get(format!("http://{}/v2/os/other/manifests/v1", fake.host()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unknown.status().as_u16(), 404, "{answer:?}");
+        assert_eq!(fake.ranges().await, vec!["bytes=3-"; 2], "{answer:?}");
+    }
 }

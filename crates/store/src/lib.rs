@@ -83,8 +83,8 @@ pub use error::{Result, StoreError};
 pub use hostdir::HostDirBackend;
 pub use ids::{keys, new_id, new_wwn, ID_LEN, WWN_LEN};
 pub use model::{
-    zero_time, EncryptionSpec, EncryptionType, Image, ImageAccess, ImageSpec, ImageState,
-    ImageStatus, Metadata, Object, Progress, Snapshot, SnapshotSource, SnapshotState,
+    zero_time, Checkpoint, EncryptionSpec, EncryptionType, Image, ImageAccess, ImageSpec,
+    ImageState, ImageStatus, Metadata, Object, Progress, Snapshot, SnapshotSource, SnapshotState,
     SnapshotStatus, ENCRYPTION_HEADER_SET, FIELD_SNAPSHOT_REF,
 };
 pub use store::{ListOptions, Store, StoreOptions, Watch, WatchEvent, DEFAULT_WATCH_QUEUE};

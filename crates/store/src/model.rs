@@ -123,6 +123,18 @@ pub struct Progress {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Where an interrupted OS-image populate continues (ours; not in the Go layout): written after
+/// every byte below `done` reached the image and before any byte at or beyond `reach` is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// Every byte of the layer below this offset is in the image.
+    pub done: u64,
+    /// Nothing at or beyond this offset has been written (bytes between `done` and `reach` may
+    /// hold data of the interrupted run).
+    pub reach: u64,
+}
+
 macro_rules! string_enum {
     (
         $(#[$meta:meta])*
@@ -406,6 +418,10 @@ pub struct SnapshotStatus {
     /// Ours: progress of a running long operation; omitted when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// Ours: where an interrupted populate continues (OS snapshots in `Populating`); omitted
+    /// when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
     /// Ours: reason of `Failed` or of the last failure; omitted when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,

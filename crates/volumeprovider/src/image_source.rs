@@ -60,12 +60,32 @@ impl ImageSource for OciImageSource {
             .open_rootfs(reference, architecture)
             .await
             .map_err(source_error)?;
-        Ok(Rootfs {
-            size: r.size,
-            layer_digest: r.layer_digest,
-            manifest_digest: r.manifest_digest,
-            data: r.data,
-        })
+        Ok(rootfs(r))
+    }
+
+    async fn open_rootfs_from(
+        &self,
+        reference: &str,
+        architecture: Option<&str>,
+        offset: u64,
+        prefix: rbd::ByteStream,
+    ) -> Result<Rootfs, SourceError> {
+        let r = self
+            .client
+            .open_rootfs_from(reference, architecture, offset, prefix)
+            .await
+            .map_err(source_error)?;
+        Ok(rootfs(r))
+    }
+}
+
+fn rootfs(r: oci::Rootfs) -> Rootfs {
+    Rootfs {
+        size: r.size,
+        layer_digest: r.layer_digest,
+        manifest_digest: r.manifest_digest,
+        start: r.start,
+        data: r.data,
     }
 }
 

@@ -154,6 +154,8 @@ async fn copy_encrypted(
         chunk_size: chunk,
         queue_depth: ctx.cfg.populate_queue_depth.max(1),
         skip_zeroes: true,
+        start: 0,
+        dirty_until: 0,
         total_hint,
         passphrase: Some(pass.clone()),
     };

@@ -24,9 +24,9 @@
 //! | `Pending` | no source | `Failed` ("snapshot source is not present") |
 //! | `Populating` | (pass) | op "populate" (re)submitted: a restart resumes here; the runner deduplicates |
 //! | `Populating` | (op "populate", on the runner) `snap_<id>@v1` already exists (an earlier run finished) | `Ready` |
-//! | `Populating` | (op) otherwise | partial `snap_<id>` removed; rootfs opened (within `resolve_timeout`); `snap_<id>` of `round(size)` created; stream written (`queue_depth`, `chunk_size` = populator buffer, zero chunks skipped, `status.progress` ≈ 1/s, stall watchdog; the registry client bounds the wait for each chunk); `v1` created + protected → `Ready` with `status.digest`, `status.size` |
-//! | `Populating` | (op) retryable error (registry unavailable or too slow, digest mismatch, transient rbd error, stalled copy) | partial image removed, `status.message` set, op fails → retried with backoff (the runner slot is released meanwhile) |
-//! | `Populating` | (op) terminal error (not found, no rootfs, malformed, data larger than declared, pool full …) | partial image removed, `Failed` + message + Warning `SnapshotFailed` |
+//! | `Populating` | (op) otherwise | with a checkpoint (`status.checkpoint`) and its partial `snap_<id>`: the rest of the rootfs opened from `done` (HTTP `Range`; the image's first `done` bytes re-hashed, so the digest covers the whole layer; a source that sends the whole layer gets it written from 0 over the same image); else the partial `snap_<id>` removed, the rootfs opened (within `resolve_timeout`) and `snap_<id>` of `round(size)` created; stream written (`queue_depth`, `chunk_size` = populator buffer, zero chunks skipped except below the checkpoint's `reach`, a checkpoint saved per chunk of progress before the stream runs past its `reach`, `status.progress` ≈ 1/s, stall watchdog; the registry client bounds the wait for each chunk); `v1` created + protected → `Ready` with `status.digest`, `status.size`, checkpoint cleared |
+//! | `Populating` | (op) retryable error (registry unavailable or too slow, broken download, transient rbd error, stalled copy, cancellation) | partial image and checkpoint kept (the next run continues there), `status.message` set, op fails → retried with backoff (the runner slot is released meanwhile); a digest or size mismatch also retries, but removes the partial image and the checkpoint first |
+//! | `Populating` | (op) terminal error (not found, no rootfs, malformed, data larger than declared, pool full …) | partial image and checkpoint removed, `Failed` + message + Warning `SnapshotFailed` |
 //! | `Populated` | legacy | `Ready` |
 //! | `Ready` | rbd snapshot present | protected if needed; stays `Ready` |
 //! | `Ready` | rbd snapshot definitely gone (its image's snapshot list or the pool's image list says so; a `NotFound` still listed is retried) | `Failed` + message, unless the snapshot moved meanwhile (re-homed: the failure is written only while the snapshot still points where the pass looked) |
@@ -48,7 +48,7 @@
 //! | From | Condition | To / effect |
 //! |---|---|---|
 //! | any | finalizer missing | nothing |
-//! | not `Flattening`/`Flattened` | an operation (populate) is queued or running | it is cancelled (the populate removes its partial image); the pass waits for the completion |
+//! | not `Flattening`/`Flattened` | an operation (populate) is queued or running | it is cancelled (a populate keeps its partial image, which the deletion removes with the OS image); the pass waits for the completion |
 //! | `Ready` or `Retained` (not yet `Flattening`) | a restore (not internal, not an OS volume, not deleted) that references it has not got its data yet (`Pending` without its rbd image, or `Filling`) | kept: `status.message` names the restores; the restores' changes requeue it (a `Retained` snapshot's rbd snapshot is intact and protected, so such a restore clones or copies it like a `Ready` one) |
 //! | any (`deferred`) | an internal re-home image `<id>` (made by a flatten-policy deletion of its volume) exists and the snapshot was not moved onto it | that image is deleted (its own reconciler removes `img_<id>`, which wakes the snapshot) |
 //! | any (`deferred`) | the rbd snapshot has clones (listed within `list_children_timeout`) | `Retained` (hidden: never listed, NOT_FOUND through IRI; `status.message` names the clones); nothing is copied. A clone that goes, or a clone flattened before it is snapshotted, wakes it |
@@ -70,6 +70,7 @@ use crate::report::{Audience, ProgressEvents, Unit};
 use crate::status::{mark_snapshot_failed, persist_progress};
 use crate::{snapshot_key, source_details, volume_image_name, ControllerError, OpClass, Result};
 
+mod checkpoint;
 mod delete;
 mod os;
 pub(crate) mod populate;

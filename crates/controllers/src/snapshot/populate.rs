@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use rbd::{ByteStream, RbdError, WriteOptions};
 use store::keys::ARCHITECTURE_LABEL;
-use store::{Snapshot, SnapshotState};
+use store::{Checkpoint, Snapshot, SnapshotState};
 use tracing::{debug, info, warn};
 
-use super::is_os;
+use super::{checkpoint, is_os};
 use crate::ctx::{get_opt, ignore_exists, ignore_not_found, modify, Action, Ctx, OpEnv};
 use crate::events::{action, reason};
 use crate::report::{Audience, ProgressEvents, Unit};
@@ -47,6 +47,7 @@ async fn mark_populated(ctx: &Ctx, id: &str, size: u64) -> Result<()> {
         s.status.digest = s.metadata.id.clone();
         s.status.size = i64::try_from(size).unwrap_or(i64::MAX);
         s.status.progress = None;
+        s.status.checkpoint = None;
         s.status.message = String::new();
         true
     })
@@ -70,9 +71,47 @@ async fn note_retry(ctx: &Ctx, id: &str, message: &str) {
     }
 }
 
+/// Records (or, with `None`, clears) the checkpoint of a populate that still applies.
+async fn set_checkpoint(ctx: &Ctx, id: &str, cp: Option<Checkpoint>) -> Result<()> {
+    modify(&ctx.snapshots, id, |s: &mut Snapshot| {
+        if s.metadata.is_deleted()
+            || s.status.state != SnapshotState::Populating
+            || s.status.checkpoint == cp
+        {
+            return false;
+        }
+        s.status.checkpoint = cp;
+        true
+    })
+    .await?;
+    Ok(())
+}
+
+/// The checkpoint of an interrupted run whose image is still there to continue, with the image
+/// size. `None`: start from the beginning.
+async fn resumable(ctx: &Ctx, snap: &Snapshot, name: &str) -> Result<Option<(Checkpoint, u64)>> {
+    let Some(cp) = snap.status.checkpoint.filter(|c| c.done > 0) else {
+        return Ok(None);
+    };
+    match ctx.backend.stat(name).await {
+        Ok(info) if info.snapshots.is_empty() && info.parent.is_none() => Ok(Some((cp, info.size))),
+        Ok(_) | Err(RbdError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Op "populate" (`snapshot:<id>`): writes the OS image's rootfs into `snap_<id>` and snapshots it
 /// as `v1`. A retryable failure fails the op (the runner completion retries it with backoff)
 /// instead of retrying inside the runner slot.
+///
+/// **Resuming.** While it writes, the op keeps a checkpoint in the snapshot's status
+/// (`checkpoint.rs`). An interrupted run (crash, stall, cancellation, broken download, cluster
+/// hiccup) keeps its partial image, and the next run continues at the checkpoint: it asks the
+/// source for the rest of the layer (an HTTP `Range` request) and hands it the image's first
+/// `done` bytes to re-hash, so the digest is verified over the whole layer. A source that answers
+/// with the whole layer gets it written from the start over the same image. A corrupt download
+/// (wrong digest or size) or an image that does not match the checkpoint starts over from an
+/// empty image.
 pub(crate) async fn populate(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()> {
     let Some(snap) = populate_applies(&ctx, &id).await? else {
         return Ok(());
@@ -96,26 +135,37 @@ pub(crate) async fn populate(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()
         Err(RbdError::NotFound(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    // Whatever is left of an interrupted run goes first.
-    remove_os_image(&ctx, &name).await?;
+    let resume = resumable(&ctx, &snap, &name).await?;
+    if resume.is_none() {
+        // Whatever is left of an interrupted run goes first.
+        set_checkpoint(&ctx, &id, None).await?;
+        remove_os_image(&ctx, &name).await?;
+    }
     let arch = snap.metadata.labels.get(ARCHITECTURE_LABEL).cloned();
-    let rootfs = match ctx
-        .open_rootfs(&snap.source.ironcore_image, arch.as_deref(), &env.token)
-        .await?
-    {
+    let reference = &snap.source.ironcore_image;
+    let opened = match resume {
+        Some((cp, _)) => {
+            let image = ctx
+                .backend
+                .read_stream(&name, None, ctx.cfg.chunk_size())
+                .await?;
+            let prefix = checkpoint::first_bytes(image, cp.done);
+            ctx.open_rootfs_from(reference, arch.as_deref(), cp.done, prefix, &env.token)
+                .await?
+        }
+        None => {
+            ctx.open_rootfs(reference, arch.as_deref(), &env.token)
+                .await?
+        }
+    };
+    let rootfs = match opened {
         Ok(r) => r,
         Err(e) if e.is_retryable() => {
             note_retry(&ctx, &id, &e.to_string()).await;
             return Err(e.into());
         }
         Err(e) => {
-            mark_snapshot_failed(
-                &ctx,
-                &id,
-                None,
-                &format!("opening {}: {e}", snap.source.ironcore_image),
-            )
-            .await?;
+            mark_snapshot_failed(&ctx, &id, None, &format!("opening {reference}: {e}")).await?;
             return Ok(());
         }
     };
@@ -128,11 +178,57 @@ pub(crate) async fn populate(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()
         return Ok(());
     }
     let size = round_size(rootfs.size);
-    ctx.backend.create_image(&name, size).await?;
+    // Where the stream starts, what the store already promises, and below which offset the
+    // image may hold bytes of the interrupted run.
+    let (saved, dirty_until) = match resume {
+        Some((cp, image_size)) if image_size == size && cp.done < rootfs.size => {
+            if rootfs.start == 0 {
+                info!(snapshot = %id, done = cp.done, "the source sent the whole layer again: writing it from the start");
+            } else {
+                info!(snapshot = %id, done = cp.done, size = rootfs.size, "resuming the populate at its checkpoint");
+            }
+            let saved = Checkpoint {
+                done: rootfs.start,
+                reach: cp.reach,
+            };
+            (saved, cp.reach)
+        }
+        Some(_) => {
+            drop(rootfs);
+            set_checkpoint(&ctx, &id, None).await?;
+            remove_os_image(&ctx, &name).await?;
+            let msg = format!("the image {name} does not match the checkpoint of the interrupted populate; starting over");
+            note_retry(&ctx, &id, &msg).await;
+            return Err(ControllerError::Op {
+                key: snapshot_key(&id),
+                reason: msg,
+            });
+        }
+        None => {
+            ctx.backend.create_image(&name, size).await?;
+            (Checkpoint { done: 0, reach: 0 }, 0)
+        }
+    };
+    let (cell, progress) = env.tracker();
+    let token = env.token.child_token();
+    let watermark = {
+        let cell = cell.clone();
+        move || cell.get().0
+    };
+    let save: checkpoint::SaveFn = {
+        let (ctx, id) = (ctx.clone(), id.clone());
+        Box::new(move |cp| {
+            let (ctx, id) = (ctx.clone(), id.clone());
+            Box::pin(async move { set_checkpoint(&ctx, &id, Some(cp)).await })
+        })
+    };
+    let spacing =
+        checkpoint::Spacing::for_writes(ctx.cfg.chunk_size(), ctx.cfg.populate_queue_depth);
+    let gated = checkpoint::gate(rootfs.data, saved, watermark, spacing, save);
     // Remember a stream error (e.g. the digest check at its end) to classify the write failure.
     let stream_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
     let slot = stream_error.clone();
-    let data: ByteStream = Box::pin(rootfs.data.map(move |item| {
+    let data: ByteStream = Box::pin(gated.map(move |item| {
         if let Err(e) = &item {
             if let Ok(mut s) = slot.lock() {
                 *s = Some(std::io::Error::new(e.kind(), e.to_string()));
@@ -144,11 +240,11 @@ pub(crate) async fn populate(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()
         chunk_size: ctx.cfg.chunk_size(),
         queue_depth: ctx.cfg.populate_queue_depth.max(1),
         skip_zeroes: true,
+        start: rootfs.start,
+        dirty_until,
         total_hint: rootfs.size,
         passphrase: None,
     };
-    let (cell, progress) = env.tracker();
-    let token = env.token.child_token();
     let write = ctx
         .backend
         .write_stream(&name, data, opts, progress, token.clone());
@@ -183,37 +279,59 @@ pub(crate) async fn populate(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()
         )),
     };
     if let Some(e) = failure {
-        // Never leave a half-written base image behind.
-        if let Err(re) = remove_os_image(&ctx, &name).await {
-            warn!(snapshot = %id, error = %re, "removing the partial image failed");
-        }
         let stream_err = stream_error.lock().ok().and_then(|mut s| s.take());
-        return match (e, stream_err) {
-            (RbdError::Cancelled, _) => Err(RbdError::Cancelled.into()),
-            (_, Some(se)) => {
-                // Download or digest failure: the next download may be intact.
-                let msg = format!("reading {}: {se}", snap.source.ironcore_image);
-                note_retry(&ctx, &id, &msg).await;
-                Err(ControllerError::Op {
-                    key: snapshot_key(&id),
-                    reason: msg,
-                })
-            }
-            (e, None) if e.is_retryable() => {
-                note_retry(&ctx, &id, &e.to_string()).await;
-                Err(e.into())
-            }
-            (e, None) => {
-                mark_snapshot_failed(&ctx, &id, None, &format!("writing {name}: {e}")).await?;
-                Ok(())
-            }
-        };
+        return populate_failed(&ctx, &id, &name, reference, e, stream_err).await;
     }
     ignore_exists(ctx.backend.create_snapshot(&name, OS_SNAPSHOT_NAME).await)?;
     ctx.backend
         .protect_snapshot(&name, OS_SNAPSHOT_NAME)
         .await?;
     mark_populated(&ctx, &id, size).await
+}
+
+/// After a failed write: keeps the partial image and its checkpoint when the next run can
+/// continue from them, removes them when it must start over (corrupt download) or give up.
+async fn populate_failed(
+    ctx: &Ctx,
+    id: &str,
+    name: &str,
+    reference: &str,
+    e: RbdError,
+    stream_err: Option<std::io::Error>,
+) -> Result<()> {
+    let start_over = || async {
+        if let Err(e) = set_checkpoint(ctx, id, None).await {
+            warn!(snapshot = %id, error = %e, "clearing the checkpoint failed");
+        }
+        if let Err(re) = remove_os_image(ctx, name).await {
+            warn!(snapshot = %id, error = %re, "removing the partial image failed");
+        }
+    };
+    match (e, stream_err) {
+        // Shutdown or cancellation: the next run continues at the checkpoint.
+        (RbdError::Cancelled, _) => Err(RbdError::Cancelled.into()),
+        (_, Some(se)) => {
+            let msg = format!("reading {reference}: {se}");
+            if se.kind() == std::io::ErrorKind::InvalidData {
+                // Wrong digest or size: nothing written can be trusted.
+                start_over().await;
+            }
+            note_retry(ctx, id, &msg).await;
+            Err(ControllerError::Op {
+                key: snapshot_key(id),
+                reason: msg,
+            })
+        }
+        (e, None) if e.is_retryable() => {
+            note_retry(ctx, id, &e.to_string()).await;
+            Err(e.into())
+        }
+        (e, None) => {
+            start_over().await;
+            mark_snapshot_failed(ctx, id, None, &format!("writing {name}: {e}")).await?;
+            Ok(())
+        }
+    }
 }
 
 /// Removes `snap_<id>` and its `v1` (not-found ignored).

@@ -210,4 +210,17 @@ impl<S: ImageSource> ImageSource for GuardedSource<S> {
         self.slow.note("open_rootfs", reference);
         self.inner.open_rootfs(reference, architecture).await
     }
+
+    async fn open_rootfs_from(
+        &self,
+        reference: &str,
+        architecture: Option<&str>,
+        offset: u64,
+        prefix: rbd::ByteStream,
+    ) -> std::result::Result<Rootfs, SourceError> {
+        self.slow.note("open_rootfs_from", reference);
+        self.inner
+            .open_rootfs_from(reference, architecture, offset, prefix)
+            .await
+    }
 }

@@ -20,6 +20,7 @@ use controllers::events::MemoryEvents;
 use controllers::{
     ControllerConfig, Controllers, ImageSource, Kek, Probe, ResolvedImage, Rootfs, SourceError,
 };
+use futures::TryStreamExt;
 use rbd_testkit::fake::MemoryBackend;
 use runner::{Runner, RunnerConfig, ShutdownMode};
 use sha2::{Digest, Sha256};
@@ -58,6 +59,12 @@ struct SourceState {
     corrupt_next: usize,
     opens: u64,
     resolves: u64,
+    /// Layer bytes handed out by every stream so far (what a registry would have served).
+    served: u64,
+    /// Answer `open_rootfs_from` with the whole layer (a registry that ignores `Range`).
+    ignores_range: bool,
+    /// Stream errors after this many bytes of the next stream (a broken download), once.
+    break_after: Option<u64>,
 }
 
 /// An in-memory registry: `reg/<name>:latest` → bytes. Failures can be injected; streams can be
@@ -125,6 +132,21 @@ impl FakeSource {
 
     pub fn opens(&self) -> u64 {
         self.state.lock().unwrap().opens
+    }
+
+    /// Layer bytes every stream handed out so far.
+    pub fn served(&self) -> u64 {
+        self.state.lock().unwrap().served
+    }
+
+    /// From now on, ranges are ignored: a resumed open gets the whole layer.
+    pub fn ignore_ranges(&self) {
+        self.state.lock().unwrap().ignores_range = true;
+    }
+
+    /// The next stream breaks (an `Other` I/O error, as a dropped connection) after `bytes`.
+    pub fn break_next_after(&self, bytes: u64) {
+        self.state.lock().unwrap().break_after = Some(bytes);
     }
 
     /// How many times `resolve` was called.
@@ -208,7 +230,39 @@ impl ImageSource for SharedSource {
         reference: &str,
         _architecture: Option<&str>,
     ) -> Result<Rootfs, SourceError> {
-        let (img, corrupt) = {
+        self.open_at(reference, 0, None)
+    }
+
+    async fn open_rootfs_from(
+        &self,
+        reference: &str,
+        _architecture: Option<&str>,
+        offset: u64,
+        prefix: rbd::ByteStream,
+    ) -> Result<Rootfs, SourceError> {
+        if self.0.state.lock().unwrap().ignores_range {
+            return self.open_at(reference, 0, None);
+        }
+        self.open_at(reference, offset, Some(prefix))
+    }
+}
+
+/// One chunk of a fake layer stream, or its end.
+enum Piece {
+    Data(Bytes),
+    Fail(std::io::Error),
+}
+
+impl SharedSource {
+    /// The layer from `offset` on; with a `prefix`, the stream reads it first and ends with a
+    /// digest error (`InvalidData`) unless it equals the layer's first `offset` bytes.
+    fn open_at(
+        &self,
+        reference: &str,
+        offset: u64,
+        prefix: Option<rbd::ByteStream>,
+    ) -> Result<Rootfs, SourceError> {
+        let (img, corrupt, break_after) = {
             let mut st = self.0.state.lock().unwrap();
             st.opens += 1;
             if let Some(e) = st.open_faults.pop_front() {
@@ -227,32 +281,66 @@ impl ImageSource for SharedSource {
             if corrupt {
                 st.corrupt_next -= 1;
             }
-            (img, corrupt)
+            (img, corrupt, st.break_after.take())
         };
+        let start = offset.min(img.data.len() as u64);
+        let expected_prefix = img.data[..start as usize].to_vec();
         let chunk = self.0.chunk.max(1);
-        let pieces: Vec<Bytes> = img.data.chunks(chunk).map(Bytes::copy_from_slice).collect();
+        let mut pieces: Vec<Piece> = img.data[start as usize..]
+            .chunks(chunk)
+            .map(|c| Piece::Data(Bytes::copy_from_slice(c)))
+            .collect();
+        if let Some(limit) = break_after {
+            let mut kept = 0u64;
+            let mut cut = Vec::new();
+            for p in pieces {
+                if let Piece::Data(b) = &p {
+                    if kept + b.len() as u64 > limit {
+                        break;
+                    }
+                    kept += b.len() as u64;
+                }
+                cut.push(p);
+            }
+            cut.push(Piece::Fail(std::io::Error::other("connection reset")));
+            pieces = cut;
+        }
+        if corrupt {
+            pieces.push(Piece::Fail(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "layer digest mismatch",
+            )));
+        }
         let source = self.0.clone();
         let held = *source.hold.lock().unwrap();
         let stream = futures::stream::unfold(
-            (pieces.into_iter(), 0usize, false),
-            move |(mut it, n, ended)| {
+            (pieces.into_iter(), 0usize, false, prefix),
+            move |(mut it, n, ended, mut prefix)| {
                 let source = source.clone();
+                let expected_prefix = expected_prefix.clone();
                 async move {
                     if ended {
                         return None;
+                    }
+                    if let Some(p) = prefix.take() {
+                        let read: Vec<Bytes> = p.try_collect().await.unwrap_or_default();
+                        if read.concat() != expected_prefix {
+                            let e = std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                "layer digest mismatch (the prefix read back differs)",
+                            );
+                            return Some((Err(e), (it, n + 1, true, None)));
+                        }
                     }
                     if n == 1 && held {
                         source.wait_released().await;
                     }
                     match it.next() {
-                        Some(b) => Some((Ok(b), (it, n + 1, false))),
-                        None if corrupt => Some((
-                            Err(std::io::Error::new(
-                                std::io::ErrorKind::InvalidData,
-                                "layer digest mismatch",
-                            )),
-                            (it, n + 1, true),
-                        )),
+                        Some(Piece::Data(b)) => {
+                            source.state.lock().unwrap().served += b.len() as u64;
+                            Some((Ok(b), (it, n + 1, false, None)))
+                        }
+                        Some(Piece::Fail(e)) => Some((Err(e), (it, n + 1, true, None))),
                         None => None,
                     }
                 }
@@ -262,6 +350,7 @@ impl ImageSource for SharedSource {
             size: img.data.len() as u64,
             layer_digest: format!("sha256:{}", sha(&img.data)),
             manifest_digest: img.digest.clone(),
+            start,
             data: Box::pin(stream),
         })
     }

@@ -123,6 +123,8 @@ pub(super) async fn write_stream_writes_from_offset_zero_and_reports_progress_in
         chunk_size: 1024 * 1024,
         queue_depth: 3,
         skip_zeroes: false,
+        start: 0,
+        dirty_until: 0,
         total_hint: len as u64,
         passphrase: None,
     };
@@ -165,6 +167,8 @@ pub(super) async fn write_stream_with_skip_zeroes_gives_the_same_content(
         chunk_size: 512 * 1024,
         queue_depth: 2,
         skip_zeroes: true,
+        start: 0,
+        dirty_until: 0,
         total_hint: data.len() as u64,
         passphrase: None,
     };
@@ -183,6 +187,76 @@ pub(super) async fn write_stream_with_skip_zeroes_gives_the_same_content(
         read_all(b, &img, None).await,
         expected_content(SIZE, &[(0, &data)])
     );
+    cleanup(b, ns).await;
+}
+
+/// A resumed `write_stream` starts at `opts.start`, returns the offset behind its last byte, writes
+/// zero chunks below `opts.dirty_until` (an earlier write may have left data there) and skips the
+/// ones behind it (the caller vouches that they read as zeroes already).
+pub(super) async fn write_stream_resumes_at_its_start_and_rewrites_zeroes_below_dirty_until(
+    b: &dyn BlockBackend,
+    ns: &str,
+) {
+    cleanup(b, ns).await;
+    let img = name(ns, "img");
+    b.create_image(&img, SIZE).await.expect("create");
+    const CHUNK: usize = 512 * 1024;
+    let earlier = pattern(5 * CHUNK, 16);
+    b.write_at(&img, 0, &earlier).await.expect("earlier write");
+    // The rest of the stream from chunk 1 on: two zero chunks, one of data, one more zero chunk.
+    let mut rest = vec![0u8; 4 * CHUNK];
+    rest[2 * CHUNK..3 * CHUNK].copy_from_slice(&pattern(CHUNK, 17));
+    let start = CHUNK as u64;
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let sink = reports.clone();
+    let progress: rbd::ProgressFn = Arc::new(move |done, total| {
+        sink.lock().expect("progress log").push((done, total));
+    });
+    let total = start + rest.len() as u64;
+    let opts = WriteOptions {
+        chunk_size: CHUNK,
+        queue_depth: 2,
+        skip_zeroes: true,
+        start,
+        dirty_until: 3 * CHUNK as u64,
+        total_hint: total,
+        passphrase: None,
+    };
+    let end = b
+        .write_stream(
+            &img,
+            stream_of(rest.clone(), 200_000),
+            opts,
+            progress,
+            CancellationToken::new(),
+        )
+        .await
+        .expect("write_stream");
+    assert_eq!(end, total, "the offset behind the last byte");
+    // Chunks 1 and 2 are rewritten as zeroes, chunk 3 gets the data, chunk 4 (zero, behind
+    // dirty_until) is skipped and keeps what the earlier write left there.
+    let head = read_all(b, &img, None).await;
+    assert_eq!(
+        &head[..CHUNK],
+        &earlier[..CHUNK],
+        "before the start: untouched"
+    );
+    assert!(
+        head[CHUNK..3 * CHUNK].iter().all(|&x| x == 0),
+        "zero chunks below dirty_until are written"
+    );
+    assert_eq!(&head[3 * CHUNK..4 * CHUNK], &rest[2 * CHUNK..3 * CHUNK]);
+    assert_eq!(
+        &head[4 * CHUNK..5 * CHUNK],
+        &earlier[4 * CHUNK..5 * CHUNK],
+        "a zero chunk behind dirty_until is skipped"
+    );
+    let reports = reports.lock().expect("progress log").clone();
+    assert!(
+        reports.iter().all(|r| r.0 >= start),
+        "progress counts from the start"
+    );
+    assert_eq!(reports.last(), Some(&(total, total)));
     cleanup(b, ns).await;
 }
 

@@ -146,6 +146,7 @@ pub fn rules() -> Vec<Rule> {
         rule!(data::read_stream_returns_the_whole_image_or_snapshot),
         rule!(data::write_stream_writes_from_offset_zero_and_reports_progress_in_bytes),
         rule!(data::write_stream_with_skip_zeroes_gives_the_same_content),
+        rule!(data::write_stream_resumes_at_its_start_and_rewrites_zeroes_below_dirty_until),
         rule!(data::write_stream_beyond_the_image_size_is_invalid),
         rule!(data::cancelled_write_stream_returns_cancelled),
         rule!(metadata::encryption_format_of_clone_is_unsupported),
