@@ -46,6 +46,19 @@ pub const SUITES: &[&[&str]] = &[
         "--",
         "--ignored",
     ],
+    // SIGKILL at 70 % of a 1 GiB populate; the restart fetches the rest with an HTTP Range
+    // request (`tests/tests/e2e_ceph_resume.rs`).
+    &[
+        "test",
+        "-p",
+        "tests",
+        "--features",
+        "ceph",
+        "--test",
+        "e2e_ceph_resume",
+        "--",
+        "--ignored",
+    ],
     // Two daemons on one pool: one writer, failover, fencing (`tests/tests/e2e_ceph_ha.rs`).
     &[
         "test",
