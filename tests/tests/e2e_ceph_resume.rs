@@ -14,7 +14,8 @@
 //!    populate was really interrupted (no `@v1`);
 //! 3. the proxy's counter is reset and the daemon restarted with the same flags and directory;
 //! 4. O becomes AVAILABLE; the proxy served at most 35 % of the blob after the restart (the
-//!    daemon asked for the rest with an HTTP `Range` request from the checkpoint on). The bound
+//!    daemon asked for the rest with an HTTP `Range` request from the checkpoint on), and
+//!    `ListEvents` shows O a `PopulateProgress` event saying where it resumed. The bound
 //!    holds by construction with the default flags: the checkpoint trails the bytes served by at
 //!    most the gate's window (6 writes of 5 MiB + 5 MiB, see `controllers` `snapshot/checkpoint.rs`)
 //!    and the socket buffers, about 4 % of the blob;
@@ -220,6 +221,48 @@ async fn a_populate_killed_at_70_percent_fetches_at_most_35_percent_again_after_
         pct(checkpoint),
         REFETCH_BOUND * 100.0,
         d.logs()
+    );
+
+    // What the people who watch O see (ListEvents, as the volumepoollet does): that the
+    // populate resumed, and where, then its end.
+    let events: Vec<(String, String)> = c
+        .runtime
+        .list_events(pb::ListEventsRequest {
+            filter: Some(pb::EventFilter {
+                id: o.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("ListEvents")
+        .into_inner()
+        .events
+        .into_iter()
+        .filter_map(|e| e.spec)
+        .map(|s| (s.reason, s.message))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|(r, m)| r == "PopulateProgress" && m.contains("resumed at")),
+        "no event says the populate resumed: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|(r, m)| r == "PopulateCompleted" && m.contains(", resumed at ")),
+        "{events:?}"
+    );
+    step(
+        t0,
+        &format!(
+            "events of O: {}",
+            events
+                .iter()
+                .map(|(r, m)| format!("{r} \"{m}\""))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
     );
 
     // 5. The data.

@@ -50,6 +50,8 @@ pub(crate) struct ProgressEvents {
     /// When the last event was recorded, and the quarter (0..=3) it reported.
     last: Option<(Instant, u64)>,
     last_done: u64,
+    /// Where this run continued an interrupted one (0: from the start).
+    resumed_at: u64,
 }
 
 impl ProgressEvents {
@@ -71,6 +73,7 @@ impl ProgressEvents {
             started: Instant::now(),
             last: None,
             last_done: 0,
+            resumed_at: 0,
         }
     }
 
@@ -106,17 +109,47 @@ impl ProgressEvents {
         self.record(ctx, self.reasons.0, message).await;
     }
 
+    /// Records that this run continues an interrupted one at `done` of `total` bytes (e.g.
+    /// "populating OS image: resumed at 66%, 680 MiB of 1024 MiB"); the throughput of the last
+    /// event then counts only what this run did.
+    pub async fn resumed(&mut self, ctx: &Ctx, done: u64, total: u64) {
+        if total == 0 || done == 0 || done >= total {
+            return;
+        }
+        self.resumed_at = done;
+        self.last_done = done;
+        self.last = Some((Instant::now(), done.saturating_mul(4) / total));
+        let percent = done.saturating_mul(100) / total;
+        let message = format!(
+            "{}: resumed at {percent}%, {} of {}",
+            self.verbs.0,
+            size(done),
+            size(total)
+        );
+        self.record(ctx, self.reasons.0, message).await;
+    }
+
     /// Records the last event: the operation ended after `done` units.
     pub async fn finish(&mut self, ctx: &Ctx, done: u64) {
         let secs = self.started.elapsed().as_secs_f64();
         let message = match self.unit {
             Unit::Bytes => {
+                let this_run = done.saturating_sub(self.resumed_at);
                 let rate = if secs > 0.0 {
-                    format!(", {}/s", size((done as f64 / secs) as u64))
+                    format!(", {}/s", size((this_run as f64 / secs) as u64))
                 } else {
                     String::new()
                 };
-                format!("{} {} in {secs:.1} s{rate}", self.verbs.1, size(done))
+                let resumed = if self.resumed_at > 0 {
+                    format!(", resumed at {}", size(self.resumed_at))
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{} {} in {secs:.1} s{rate}{resumed}",
+                    self.verbs.1,
+                    size(done)
+                )
             }
             Unit::Clones => format!("{} {done} in {secs:.1} s", self.verbs.1),
             Unit::Objects => format!("{} in {secs:.1} s", self.verbs.1),

@@ -11,6 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use controllers::events::reason;
 use controllers::{os_image_name, snapshot_key, volume_image_name};
 use rbd::BlockBackend;
 use rbd_testkit::fake::Op;
@@ -85,8 +86,20 @@ async fn a_populate_cut_off_by_a_crash_continues_at_its_checkpoint_and_downloads
     let reference = w.source.add("resumed", data.clone());
     let digest = digest_of("resumed");
     let id = os_volume(&w, &reference).await;
-    let cp = checkpoint_past(&w, &digest, 0.6).await;
+    checkpoint_past(&w, &digest, 0.6).await;
     w.crash().await;
+    // The checkpoint the restart finds (saves may have followed the one seen above).
+    let records =
+        store::Store::<store::Snapshot>::open(std::sync::Arc::new(w.store_backend.clone()))
+            .await
+            .unwrap();
+    let cp = records
+        .get(&digest)
+        .await
+        .unwrap()
+        .status
+        .checkpoint
+        .unwrap();
     let served_before = w.source.served();
     assert!(cp.done < LAYER as u64 && cp.done <= cp.reach, "{cp:?}");
     assert!(
@@ -109,6 +122,18 @@ async fn a_populate_cut_off_by_a_crash_continues_at_its_checkpoint_and_downloads
     let snap = w.snapshots().get(&digest).await.unwrap();
     assert_eq!(snap.status.state, SnapshotState::Ready);
     assert_eq!(snap.status.checkpoint, None, "cleared once populated");
+    // The people who watch the volume hear that it resumed, and where.
+    let progress = w.events.with_reason(&id, reason::POPULATE_PROGRESS);
+    let pct = cp.done * 100 / LAYER as u64;
+    assert!(
+        progress
+            .iter()
+            .any(|e| e.message.contains(&format!("resumed at {pct}%"))),
+        "{progress:?}"
+    );
+    let done = w.events.with_reason(&id, reason::POPULATE_COMPLETED);
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert!(done[0].message.contains(", resumed at "), "{done:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -255,6 +255,9 @@ pub(crate) async fn populate(ctx: Arc<Ctx>, id: String, env: OpEnv) -> Result<()
         ("populating OS image", "populated OS image:"),
         Unit::Bytes,
     );
+    if rootfs.start > 0 {
+        report.resumed(&ctx, rootfs.start, rootfs.size).await;
+    }
     let written = ctx
         .drive(
             write,
