@@ -82,6 +82,25 @@ async fn the_daemon_provisions_volumes_on_a_real_ceph_cluster() {
         user.trim_start_matches("client.").as_bytes()
     );
     assert!(!access.secret_data["userKey"].is_empty());
+    // The WWN and the class's QoS limits are image metadata (written in one class call on the
+    // header, without opening the image), and librbd applies the limits as the image's own
+    // configuration when a client opens it.
+    let ceph = Ceph { pool: pool.clone() };
+    let spec = ceph.spec(&format!("img_{id}"));
+    let meta = ceph.json("rbd", &["image-meta", "list", &spec]);
+    assert_eq!(meta["wwn"], access.handle.as_str(), "{meta}");
+    let limits: Vec<(&String, &serde_json::Value)> = meta
+        .as_object()
+        .expect("metadata object")
+        .iter()
+        .filter(|(k, _)| k.starts_with("conf_rbd_qos_"))
+        .collect();
+    assert!(!limits.is_empty(), "QoS limits as metadata: {meta}");
+    for (key, value) in limits {
+        let option = key.trim_start_matches("conf_");
+        let applied = ceph.run("rbd", &["config", "image", "get", &spec, option]);
+        assert_eq!(Some(applied.trim()), value.as_str(), "{option} of {spec}");
+    }
 
     let mut enc = volume_req("standard", 32 * MIB, &[]);
     enc.volume

@@ -288,7 +288,7 @@ mod real {
             name: "ceph_create_volume_vs_rbd_create".into(),
             ours: median(ours),
             reference: median(reference),
-            unit: "ms, lower is better; target ratio <= 2",
+            unit: "ms, lower is better; target ratio <= 1.5",
             note: format!(
                 "empty 1 GiB volume: Store::create until the store shows it Available \
                  (controllers on CephBackend: image, WWN + 6 QoS metadata, client key, access) \

@@ -841,6 +841,12 @@ impl BlockBackend for CephBackend {
         .await
     }
 
+    async fn metadata_set_all(&self, image: &str, entries: &[(String, String)]) -> Result<()> {
+        // One class call on the image header, no image open (see `header.rs` for why and when).
+        let (io, name, entries) = (self.io.clone(), image.to_string(), entries.to_vec());
+        blocking(move || io.set_image_metadata(&name, &entries)).await
+    }
+
     async fn metadata_list(&self, image: &str) -> Result<BTreeMap<String, String>> {
         self.with_image(image, None, true, |img| img.metadata_list())
             .await

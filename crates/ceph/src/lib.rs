@@ -25,6 +25,7 @@
 mod backend;
 mod changes;
 mod error;
+mod header;
 mod image;
 mod lock;
 mod omap;

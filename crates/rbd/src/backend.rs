@@ -368,6 +368,18 @@ pub trait BlockBackend: Send + Sync + 'static {
     /// Sets one image metadata value.
     async fn metadata_set(&self, image: &str, key: &str, value: &str) -> Result<()>;
 
+    /// Sets several metadata values (a later one for a key wins), for an image **no client has
+    /// open** (one being provisioned): a backend may write them without telling clients that have
+    /// the image open (the Ceph backend makes one class call on the image header instead of an
+    /// image open and a notification per key). Not necessarily atomic: after a failure some may be
+    /// set (setting them again is harmless). The default sets them one by one.
+    async fn metadata_set_all(&self, image: &str, entries: &[(String, String)]) -> Result<()> {
+        for (key, value) in entries {
+            self.metadata_set(image, key, value).await?;
+        }
+        Ok(())
+    }
+
     /// All metadata of an image.
     async fn metadata_list(&self, image: &str) -> Result<BTreeMap<String, String>>;
 

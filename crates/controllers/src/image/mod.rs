@@ -51,7 +51,7 @@
 //! | `Pending`, `Error` | unencrypted source, encrypted volume | `Filling` with `headerSize = 16 MiB`, op "fill" submitted (Pacific cannot LUKS-format a clone) |
 //! | `Filling` | (pass) | op "fill" (re)submitted |
 //! | `Filling` | *(op "fill" (class fill))* | removes a partial `img_<id>`, creates it empty (`round(size) + headerSize`; an older `Filling` record without `headerSize` gets it first), LUKS2-formats it (`format_timeout`), copies `parent@snap` through the encryption layer (`status.progress` ≈ 1/s, stall watchdog); success → `Pending` with `status.encryption` set; terminal failure (data does not fit, format unsupported, snapshot vanished) → `Error`, not retried at the same size; other failures remove the partial image and retry with backoff |
-//! | `Pending`, `Error` | rbd image exists (resume) | provisioning steps: `wwn` metadata; image grown to `round(size) + headerSize` (a refusal for good: `Error` + one Warning `UpdateImageSizeFailed`, not retried at that size); if the volume is encrypted and its header not set: the row below; then `conf_<limit>` metadata (one event), access data → `Available` |
+//! | `Pending`, `Error` | rbd image exists (resume) | provisioning steps: image grown to `round(size) + headerSize` (a refusal for good: `Error` + one Warning `UpdateImageSizeFailed`, not retried at that size); if the volume is encrypted and its header not set: the row below; then the `wwn` and `conf_<limit>` metadata in one `metadata_set_all` (one event for the limits), access data → `Available`. The pass that creates the image, or found it with its `stat`, does not `stat` it again |
 //! | `Pending`, `Error` | header needed; no KEK, passphrase undecryptable, or the image is a clone | `Error` + Warning (re-checked every pass: configuring the KEK lets it continue) |
 //! | `Error` | header needed; the format was refused for good at this `round(size)` | unchanged (a new size tries again) |
 //! | `Pending`, `Error` | header needed | `Formatting`, op "format" submitted |
@@ -142,16 +142,19 @@ pub(crate) async fn reconcile(ctx: &Arc<Ctx>, id: &str) -> Result<Action> {
             None => lost(ctx, img, &name).await,
         };
     }
-    match (&img.status.state, info) {
+    let known = match (&img.status.state, info) {
         (ImageState::Filling, _) => return start_fill(ctx, &img.metadata.id).await,
         (ImageState::Formatting, Some(_)) => return start_format(ctx, &img.metadata.id).await,
         (_, None) => match create(ctx, img).await? {
-            Step::Go(i) => img = *i,
+            Step::Go(i, known) => {
+                img = *i;
+                known
+            }
             Step::Stop(a) => return Ok(a),
         },
-        (_, Some(_)) => {}
-    }
-    finish(ctx, img).await
+        (_, Some(info)) => Some(info),
+    };
+    finish(ctx, img, known).await
 }
 
 /// Whether the volume has been provisioned: it is `Available`, or in `Error` with access data

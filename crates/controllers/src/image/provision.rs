@@ -38,8 +38,9 @@ pub const WWN_METADATA_KEY: &str = "wwn";
 
 /// What a step decided.
 pub(super) enum Step {
-    /// Continue with this (stored) image.
-    Go(Box<Image>),
+    /// Continue with this (stored) image, and its rbd image when the pass knows it (it has just
+    /// created it).
+    Go(Box<Image>, Option<ImageInfo>),
     /// Stop the pass with this action.
     Stop(Action),
 }
@@ -91,8 +92,18 @@ pub(super) async fn create(ctx: &Arc<Ctx>, img: Image) -> Result<Step> {
     let img = header_on_top(ctx, img).await?;
     let name = volume_image_name(&img.metadata.id);
     let size = rbd_size(&img);
-    match ignore_exists(ctx.backend.create_image(&name, size).await) {
-        Ok(()) => {}
+    let made = match ctx.backend.create_image(&name, size).await {
+        Ok(()) => Ok(Some(ImageInfo {
+            name: name.clone(),
+            size,
+            parent: None,
+            snapshots: Vec::new(),
+        })),
+        Err(RbdError::Exists(_)) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let known = match made {
+        Ok(known) => known,
         Err(e) if permanent(&e) => {
             let msg = format!(
                 "{CREATE_REFUSED}: creating {name} of {size} bytes: {e} {}",
@@ -118,7 +129,7 @@ pub(super) async fn create(ctx: &Arc<Ctx>, img: Image) -> Result<Step> {
             );
             return Err(e.into());
         }
-    }
+    };
     ctx.record(
         &img.metadata,
         EventType::Normal,
@@ -126,7 +137,7 @@ pub(super) async fn create(ctx: &Arc<Ctx>, img: Image) -> Result<Step> {
         action::CREATE_IMAGE,
         format!("created empty image of {} bytes", img.spec.size),
     );
-    Ok(Step::Go(Box::new(img)))
+    Ok(Step::Go(Box::new(img), known))
 }
 
 /// Restore from snapshot `sid`: a clone of its rbd snapshot (grown to the volume size by
@@ -351,20 +362,25 @@ async fn create_from_snapshot(ctx: &Arc<Ctx>, img: Image, sid: &str) -> Result<S
         action::CREATE_IMAGE_FROM_SNAPSHOT,
         format!("cloned from snapshot {sid}"),
     );
-    Ok(Step::Go(Box::new(img)))
+    Ok(Step::Go(Box::new(img), None))
 }
 
-/// The provisioning steps after the rbd image exists: `wwn` metadata, the image grown to
-/// [`rbd_size`] (a clone starts at its snapshot's size), the LUKS2 header once (on the runner:
-/// `format.rs`; this pass ends there), the QoS limits as `conf_<limit>` metadata, access data →
-/// `Available`.
-pub(super) async fn finish(ctx: &Arc<Ctx>, mut img: Image) -> Result<Action> {
+/// The provisioning steps after the rbd image exists: the image grown to [`rbd_size`] (a clone
+/// starts at its snapshot's size), the LUKS2 header once (on the runner: `format.rs`; this pass
+/// ends there), then the `wwn` and the QoS limits as `conf_<limit>` metadata in one call (one
+/// image open), access data → `Available`. `known` is the rbd image when the pass already knows
+/// it (it has just created or stat'ed it); else it is read.
+pub(super) async fn finish(
+    ctx: &Arc<Ctx>,
+    mut img: Image,
+    known: Option<ImageInfo>,
+) -> Result<Action> {
     let id = img.metadata.id.clone();
     let name = volume_image_name(&id);
-    ctx.backend
-        .metadata_set(&name, WWN_METADATA_KEY, &img.spec.wwn)
-        .await?;
-    let info = ctx.backend.stat(&name).await?;
+    let info = match known {
+        Some(info) => info,
+        None => ctx.backend.stat(&name).await?,
+    };
     let target = rbd_size(&img);
     if info.size < target {
         if refused(&img, RESIZE_REFUSED) {
@@ -392,24 +408,29 @@ pub(super) async fn finish(ctx: &Arc<Ctx>, mut img: Image) -> Result<Action> {
     if needs_format(&img) {
         return format(ctx, img, &info).await;
     }
-    if !img.spec.limits.is_empty() {
-        for (key, value) in &img.spec.limits {
-            let mkey = format!("{LIMIT_METADATA_PREFIX}{key}");
-            if let Err(e) = ctx
-                .backend
-                .metadata_set(&name, &mkey, &value.to_string())
-                .await
-            {
-                ctx.record(
-                    &img.metadata,
-                    EventType::Warning,
-                    reason::SET_IMAGE_LIMIT_FAILED,
-                    action::SET_IMAGE_LIMITS,
-                    format!("setting {key}: {e}"),
-                );
-                return Err(e.into());
-            }
+    let mut metadata = vec![(WWN_METADATA_KEY.to_string(), img.spec.wwn.clone())];
+    metadata.extend(
+        img.spec
+            .limits
+            .iter()
+            .map(|(key, value)| (format!("{LIMIT_METADATA_PREFIX}{key}"), value.to_string())),
+    );
+    if let Err(e) = ctx.backend.metadata_set_all(&name, &metadata).await {
+        if !img.spec.limits.is_empty() {
+            ctx.record(
+                &img.metadata,
+                EventType::Warning,
+                reason::SET_IMAGE_LIMIT_FAILED,
+                action::SET_IMAGE_LIMITS,
+                format!(
+                    "setting the wwn and {} QoS limits: {e}",
+                    img.spec.limits.len()
+                ),
+            );
         }
+        return Err(e.into());
+    }
+    if !img.spec.limits.is_empty() {
         ctx.record(
             &img.metadata,
             EventType::Normal,

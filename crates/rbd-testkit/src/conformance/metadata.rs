@@ -30,6 +30,41 @@ pub(super) async fn metadata_is_set_listed_and_read_back(b: &dyn BlockBackend, n
     cleanup(b, ns).await;
 }
 
+/// `metadata_set_all` sets every value in order (a later one for the same key wins) and keeps
+/// the keys it does not name; on a missing image it is `NotFound`.
+pub(super) async fn metadata_set_all_sets_every_value_in_order(b: &dyn BlockBackend, ns: &str) {
+    cleanup(b, ns).await;
+    let img = name(ns, "img");
+    b.create_image(&img, SIZE).await.expect("create");
+    b.metadata_set(&img, "kept", "k").await.expect("set");
+    let entries: Vec<(String, String)> = [
+        ("wwn", "1"),
+        ("conf_rbd_qos_iops_limit", "300"),
+        ("conf_rbd_qos_bps_limit", "1000"),
+        ("wwn", "2"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    b.metadata_set_all(&img, &entries).await.expect("set all");
+    let want: std::collections::BTreeMap<String, String> = [
+        ("conf_rbd_qos_bps_limit", "1000"),
+        ("conf_rbd_qos_iops_limit", "300"),
+        ("kept", "k"),
+        ("wwn", "2"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(b.metadata_list(&img).await.expect("list"), want);
+    let missing = b.metadata_set_all(&name(ns, "missing"), &entries).await;
+    assert!(
+        matches!(missing, Err(rbd::RbdError::NotFound(_))),
+        "{missing:?}"
+    );
+    cleanup(b, ns).await;
+}
+
 /// Formatting a clone for encryption is `Unsupported` (Ceph Pacific).
 pub(super) async fn encryption_format_of_clone_is_unsupported(b: &dyn BlockBackend, ns: &str) {
     cleanup(b, ns).await;

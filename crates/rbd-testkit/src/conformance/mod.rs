@@ -143,6 +143,7 @@ pub fn rules() -> Vec<Rule> {
         rule!(clones::flatten_child_flattens_a_listed_child_where_it_lives),
         rule!(clones::flatten_child_of_another_pool_leaves_this_pool_alone),
         rule!(metadata::metadata_is_set_listed_and_read_back),
+        rule!(metadata::metadata_set_all_sets_every_value_in_order),
         rule!(data::read_stream_returns_the_whole_image_or_snapshot),
         rule!(data::write_stream_writes_from_offset_zero_and_reports_progress_in_bytes),
         rule!(data::write_stream_with_skip_zeroes_gives_the_same_content),
