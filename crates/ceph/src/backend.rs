@@ -33,6 +33,7 @@ use tracing::Instrument as _;
 use crate::image::{Image, ImageOptions, PendingWrite};
 use crate::rados::{ConnectOptions, IoCtx, Rados};
 use crate::sys;
+use rbd::pipeline::is_zero;
 use rbd::{
     BlockBackend, ByteStream, CancellationToken, ChildRef, ImageInfo, Passphrase, PoolUsage,
     ProgressFn, RbdError, Result, SnapshotInfo, WriteOptions,
@@ -352,15 +353,6 @@ fn flatten_open(img: &Image, progress: &ProgressFn, cancel: &CancellationToken) 
         progress(total, total);
     }
     Ok(())
-}
-
-/// Whether every byte is zero.
-fn is_zero(buf: &[u8]) -> bool {
-    let mut words = buf.chunks_exact(16);
-    words
-        .by_ref()
-        .all(|w| w.iter().fold(0u8, |acc, b| acc | b) == 0)
-        && words.remainder().iter().all(|b| *b == 0)
 }
 
 /// Cuts the input stream into `chunk_size` pieces and feeds them to the writer thread.
@@ -878,24 +870,5 @@ impl BlockBackend for CephBackend {
             .as_str()
             .map(str::to_string)
             .ok_or_else(|| RbdError::Other(format!("auth get-key {client}: no key in the answer")))
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zero_detection_handles_unaligned_edges() {
-        let mut buf = vec![0u8; 4099];
-        assert!(is_zero(&buf));
-        assert!(is_zero(&buf[1..4098]));
-        buf[4098] = 1;
-        assert!(!is_zero(&buf));
-        assert!(is_zero(&buf[..4098]));
-        buf[0] = 1;
-        assert!(!is_zero(&buf[..3]));
-        assert!(is_zero(&[]));
     }
 }

@@ -148,3 +148,21 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_zero;
+
+    #[test]
+    fn zero_detection_handles_unaligned_edges_and_blocks_larger_than_its_zero_block() {
+        let mut buf = vec![0u8; 200 * 1024 + 3];
+        assert!(is_zero(&buf));
+        assert!(is_zero(&buf[1..4098]));
+        buf[200 * 1024 + 2] = 1;
+        assert!(!is_zero(&buf));
+        assert!(is_zero(&buf[..200 * 1024 + 2]));
+        buf[0] = 1;
+        assert!(!is_zero(&buf[..3]));
+        assert!(is_zero(&[]));
+    }
+}
