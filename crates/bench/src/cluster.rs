@@ -6,6 +6,8 @@
 //!   a new image with `CephBackend::create_image` + `write_stream` (the populate path: 5 MiB
 //!   requests, queue depth 4, as the daemon's defaults), the file read as a stream, against
 //!   `rbd import FILE` (MB/s, median of 3; `--quick`: 1).
+//! * `ceph_populate_registry_vs_write_limit`: the populate path from a loopback registry against
+//!   the cluster's write limit (`rbd bench`); see `populate_limit.rs`.
 //! * `ceph_flatten_vs_rbd_flatten`: flatten of a clone of a 256 MiB image full of data with
 //!   `CephBackend::flatten` against `rbd flatten` of a second clone of the same snapshot (MB/s).
 //! * `ceph_create_volume_vs_rbd_create`: an empty 1 GiB volume created through the store and
@@ -131,6 +133,9 @@ mod real {
         let mut out = Vec::new();
         let result = (|| -> Result<()> {
             out.push(populate(&rt, &backend, &cfg, &file, size, runs)?);
+            out.extend(super::super::populate_limit::run(
+                opts, &rt, &backend, &cfg,
+            )?);
             out.push(flatten(&rt, &backend, &cfg, &file, size, runs)?);
             out.push(create_volume(&rt, &backend, &cfg, creates)?);
             out.extend(super::super::cluster_load::run(opts, &rt, &backend)?);

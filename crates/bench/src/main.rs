@@ -43,6 +43,8 @@ mod cluster_load;
 #[cfg(feature = "ceph")]
 mod delete;
 mod fairness;
+#[cfg(feature = "ceph")]
+mod populate_limit;
 mod responsiveness;
 mod rss;
 mod store;
