@@ -17,6 +17,8 @@
 //!   may belong to another provider.
 //! * `ceph_responsiveness_*`: the same creates while encrypted volumes are formatted and OS-image
 //!   volumes wait for a silent registry, against idle (see `cluster_load.rs`).
+//! * `ceph_list_volumes_*`, `store_omap_*_100k_vs_10k`: the daemon and the omap store at scale,
+//!   in a pool of their own (see `omap_scale.rs`).
 //! * `ceph_delete_*`: deleting a volume whose snapshot has three restores, deletion policy
 //!   `deferred` against `flatten` (see `delete.rs`).
 //!
@@ -140,6 +142,7 @@ mod real {
             out.push(create_volume(&rt, &backend, &cfg, creates)?);
             out.extend(super::super::cluster_load::run(opts, &rt, &backend)?);
             out.extend(super::super::delete::run(opts, &rt, &backend, &cfg)?);
+            out.extend(super::super::omap_scale::run(opts, &rt, &cfg)?);
             Ok(())
         })();
         rt.block_on(cleanup(&backend));

@@ -44,6 +44,8 @@ mod cluster_load;
 mod delete;
 mod fairness;
 #[cfg(feature = "ceph")]
+mod omap_scale;
+#[cfg(feature = "ceph")]
 mod populate_limit;
 mod responsiveness;
 mod rss;

@@ -36,7 +36,7 @@ pub const COLLECTION: &str = "cephvol-bench.volumes";
 /// A volume record stored under [`COLLECTION`].
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(transparent)]
-struct BenchImage(Image);
+pub(crate) struct BenchImage(Image);
 
 impl Object for BenchImage {
     const COLLECTION: &'static str = COLLECTION;
@@ -138,7 +138,7 @@ fn compare(backend: &str, ours: &Costs, memory: &Costs, n: usize, how: &str) -> 
 }
 
 /// A new volume as the volume server creates it.
-fn new_volume(i: usize) -> BenchImage {
+pub(crate) fn new_volume(i: usize) -> BenchImage {
     let spec = ImageSpec {
         size: 10 << 30,
         limits: limits_for_class(3000, 100 << 20, 10, 15),
