@@ -15,6 +15,8 @@
 //!   the client key) until the store shows it `Available`, against `rbd create --size 1G`
 //!   (ms, median of 10; `--quick`: 3). The store is in memory: the omap collections of the pool
 //!   may belong to another provider.
+//! * `ceph_os_volume_{cold,warm}_vs_qd1`: an OS-image volume to `Available`, first and second of
+//!   its image, against the Go provider's one write in flight (see `os_volume.rs`).
 //! * `ceph_responsiveness_*`: the same creates while encrypted volumes are formatted and OS-image
 //!   volumes wait for a silent registry, against idle (see `cluster_load.rs`).
 //! * `ceph_list_volumes_*`, `store_omap_*_100k_vs_10k`: the daemon and the omap store at scale,
@@ -140,6 +142,7 @@ mod real {
             )?);
             out.push(flatten(&rt, &backend, &cfg, &file, size, runs)?);
             out.push(create_volume(&rt, &backend, &cfg, creates)?);
+            out.extend(super::super::os_volume::run(opts, &rt, &backend)?);
             out.extend(super::super::cluster_load::run(opts, &rt, &backend)?);
             out.extend(super::super::delete::run(opts, &rt, &backend, &cfg)?);
             out.extend(super::super::omap_scale::run(opts, &rt, &cfg)?);

@@ -46,6 +46,8 @@ mod fairness;
 #[cfg(feature = "ceph")]
 mod omap_scale;
 #[cfg(feature = "ceph")]
+mod os_volume;
+#[cfg(feature = "ceph")]
 mod populate_limit;
 mod responsiveness;
 mod rss;
