@@ -166,7 +166,19 @@ async fn every_rpc_works_end_to_end_on_the_embedded_default() {
     ops::delete(&mut c, &rid).await;
     ops::delete_snapshot(&mut c, &sid).await;
     ops::delete(&mut c, &id).await;
-    ops::delete(&mut c, &id).await; // again: OK
+    // Again: OK while the volume is still being deleted, NOT_FOUND once it is gone for clients
+    // (under the default deletion policy it is retained, hidden at once, while the deletion of
+    // its snapshot is still running): never another answer.
+    let again = c
+        .runtime
+        .delete_volume(pb::DeleteVolumeRequest {
+            volume_id: id.clone(),
+        })
+        .await;
+    assert!(
+        again.is_ok() || again.as_ref().is_err_and(|s| s.code() == Code::NotFound),
+        "a repeated DeleteVolume: {again:?}"
+    );
     ops::wait_volume_gone(&mut c, &rid).await;
     ops::wait_snapshot_gone(&mut c, &sid).await;
     ops::wait_volume_gone(&mut c, &id).await;
