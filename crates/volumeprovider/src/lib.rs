@@ -37,6 +37,11 @@ use clap::Parser;
 
 pub use error::{Error, Result};
 
+/// How long an idle blocking thread of the daemon's runtime lives (tokio's default is 10 s).
+/// Store and local-backend file I/O run on these threads: a burst of requests starts dozens of
+/// them, and each keeps its stack and its allocator cache while it lives.
+const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The `cephvol` binary: parses the command line and runs the daemon or a client command.
 pub fn run_main() -> ExitCode {
     let cli = entry::Cli::parse();
@@ -50,6 +55,7 @@ pub fn run_main() -> ExitCode {
 fn run_daemon(args: flags::DaemonArgs) -> ExitCode {
     logging::init(args.effective_log_format(), &args.effective_log_level());
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .enable_all()
         .build()
     {

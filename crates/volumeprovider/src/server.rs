@@ -143,9 +143,11 @@ where
             .await
             .map_err(|e| store_err(many, e))?
     };
-    let mut out = Vec::with_capacity(objects.len());
-    for obj in objects.iter().filter(|o| visible(o)) {
-        match to_iri(obj) {
+    // Each stored object is dropped as soon as it is converted, so that the stored objects and
+    // their IRI copies are not all held at once; the list holds exactly the visible ones.
+    let mut out = Vec::with_capacity(objects.iter().filter(|o| visible(o)).count());
+    for obj in objects.into_iter().filter(|o| visible(o)) {
+        match to_iri(&obj) {
             Ok(v) => {
                 let labels = metadata(&v).map(|m| &m.labels);
                 if id.is_empty() && !labels.is_some_and(|l| convert::labels_match(l, selector)) {
@@ -159,6 +161,7 @@ where
             }
         }
     }
+    out.shrink_to_fit();
     Ok(out)
 }
 
