@@ -19,7 +19,8 @@ use crate::workspace::Workspace;
 
 /// Debian packages the test suites need: a real OCI registry for the populate tests, and the
 /// librbd/librados development files that the `ceph` crate's test binaries link against.
-const TEST_PACKAGES: &[&str] = &["docker-registry", "librbd-dev", "librados-dev"];
+/// `make` builds jemalloc, the daemon binary's allocator (`tikv-jemalloc-sys`).
+const TEST_PACKAGES: &[&str] = &["docker-registry", "librbd-dev", "librados-dev", "make"];
 
 /// Installs what the tests need, then runs fmt check, `cargo machete`, clippy (warnings denied) and
 /// every workspace test, property tests at 1,000 cases (`--long`: 10,000) unless `PROPTEST_CASES`
