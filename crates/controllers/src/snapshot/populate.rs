@@ -95,7 +95,8 @@ async fn resumable(ctx: &Ctx, snap: &Snapshot, name: &str) -> Result<Option<(Che
     };
     match ctx.backend.stat(name).await {
         Ok(info) if info.snapshots.is_empty() && info.parent.is_none() => Ok(Some((cp, info.size))),
-        Ok(_) | Err(RbdError::NotFound(_)) => Ok(None),
+        // Not there, not ours to continue, or half-removed (`Busy`: the removal below finishes it).
+        Ok(_) | Err(RbdError::NotFound(_) | RbdError::Busy(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
