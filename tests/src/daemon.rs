@@ -337,6 +337,25 @@ pub fn id_of(md: &Option<ObjectMetadata>) -> String {
 pub mod ops {
     use super::*;
 
+    /// The events `ListEvents` shows about object `id`: `(reason, message)`.
+    pub async fn events(c: &mut Clients, id: &str) -> Vec<(String, String)> {
+        c.runtime
+            .list_events(pb::ListEventsRequest {
+                filter: Some(pb::EventFilter {
+                    id: id.into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("ListEvents")
+            .into_inner()
+            .events
+            .into_iter()
+            .filter_map(|e| e.spec)
+            .map(|s| (s.reason, s.message))
+            .collect()
+    }
+
     /// Creates a volume and returns its id.
     pub async fn create(c: &mut Clients, req: pb::CreateVolumeRequest) -> String {
         let v = c

@@ -172,25 +172,6 @@ async fn the_daemon_provisions_volumes_on_a_real_ceph_cluster() {
     }
 }
 
-/// The events ListEvents shows about object `id`: `(reason, message)`.
-async fn events_of(c: &mut cli::client::Clients, id: &str) -> Vec<(String, String)> {
-    c.runtime
-        .list_events(pb::ListEventsRequest {
-            filter: Some(pb::EventFilter {
-                id: id.into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("ListEvents")
-        .into_inner()
-        .events
-        .into_iter()
-        .filter_map(|e| e.spec)
-        .map(|s| (s.reason, s.message))
-        .collect()
-}
-
 /// The size the guest of an encrypted image sees: librbd's size through its LUKS2 layer.
 #[cfg(feature = "ceph")]
 async fn decrypted_size(image: &str, passphrase: &[u8]) -> u64 {
@@ -339,7 +320,7 @@ async fn lost_images_go_rehomes_and_encrypted_sizes_on_a_real_ceph_cluster() {
         Some(pb::VolumeState::VolumeError as i32)
     );
     assert!(!ceph.images().contains(&image), "{image} was created again");
-    let events = events_of(&mut c, &id).await;
+    let events = ops::events(&mut c, &id).await;
     let vanished: Vec<_> = events
         .iter()
         .filter(|(r, _)| r == "ImageVanished")

@@ -38,7 +38,7 @@ use registry_fixture::{pattern, CountingProxy, IronImage, TestRegistry};
 use sha2::{Digest as _, Sha256};
 use tests::cephvol_bin;
 use tests::cluster::{
-    image_req, integration, step, var, volume_state, Ceph, KeepLogOnPanic, Leftovers, SNAPSHOTS,
+    daemon_flags, image_req, step, volume_state, Ceph, KeepLogOnPanic, Leftovers, SNAPSHOTS,
     VOLUMES,
 };
 use tests::daemon::{eventually, ops, Daemon};
@@ -64,26 +64,11 @@ const SETTLE: Duration = Duration::from_secs(300);
 #[ignore = "needs ceph: cargo xtask integration"]
 async fn a_populate_killed_at_70_percent_fetches_at_most_35_percent_again_after_the_restart() {
     let t0 = Instant::now();
-    let skip = |reason: &str| {
-        assert!(
-            !integration(),
-            "CEPHVOL_INTEGRATION=1 but {reason}: the real-Ceph suite must not skip"
-        );
-        eprintln!("skipped: {reason}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Skips (or, under `CEPHVOL_INTEGRATION=1`, fails) without a cluster environment.
+    let Some((mut flags, pool)) = daemon_flags(dir.path()) else {
+        return;
     };
-    if !cfg!(feature = "ceph") && std::env::var_os("CEPHVOL_BIN").is_none() {
-        return skip("the daemon is built without --features ceph (and CEPHVOL_BIN is not set)");
-    }
-    let (Some(monitors), Some(pool), Some(_conf)) =
-        (var("CEPH_MONITORS"), var("CEPH_POOL"), var("CEPH_CONF"))
-    else {
-        return skip("CEPH_MONITORS/CEPH_POOL/CEPH_CONF not set (eval $(cargo xtask ceph env))");
-    };
-    let user = var("CEPH_USER").unwrap_or_else(|| "admin".into());
-    let client = var("CEPH_CLIENT").unwrap_or_else(|| format!("client.{user}"));
-    let keyring = var("CEPH_KEYRING")
-        .or_else(|| var("CEPH_USER_KEYRING"))
-        .expect("CEPH_KEYRING");
     let ceph = Ceph { pool: pool.clone() };
     ceph.assert_consistent("before the test (left over by an earlier run or suite?)");
     let images_before = ceph.images();
@@ -110,9 +95,6 @@ async fn a_populate_killed_at_70_percent_fetches_at_most_35_percent_again_after_
     let os_image = format!("snap_{digest}");
     step(t0, &format!("registry up, pushed {reference} ({digest})"));
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kek = dir.path().join("kek");
-    std::fs::write(&kek, [0x5au8; 32]).expect("kek");
     let classes = dir.path().join("classes.json");
     std::fs::write(
         &classes,
@@ -120,16 +102,7 @@ async fn a_populate_killed_at_70_percent_fetches_at_most_35_percent_again_after_
     )
     .expect("classes");
     // The default populate flags (buffer, queue depth): what users run.
-    let flags = [
-        "--backend=ceph".to_string(),
-        format!("--ceph-monitors={monitors}"),
-        format!("--ceph-pool={pool}"),
-        format!("--ceph-user={user}"),
-        format!("--ceph-client={client}"),
-        format!("--ceph-keyring-file={keyring}"),
-        format!("--ceph-kek-path={}", kek.display()),
-        format!("--supported-volume-classes={}", classes.display()),
-    ];
+    flags.push(format!("--supported-volume-classes={}", classes.display()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let leftovers = Leftovers {
         ceph: ceph.clone(),
@@ -225,22 +198,7 @@ async fn a_populate_killed_at_70_percent_fetches_at_most_35_percent_again_after_
 
     // What the people who watch O see (ListEvents, as the volumepoollet does): that the
     // populate resumed, and where, then its end.
-    let events: Vec<(String, String)> = c
-        .runtime
-        .list_events(pb::ListEventsRequest {
-            filter: Some(pb::EventFilter {
-                id: o.clone(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("ListEvents")
-        .into_inner()
-        .events
-        .into_iter()
-        .filter_map(|e| e.spec)
-        .map(|s| (s.reason, s.message))
-        .collect();
+    let events = ops::events(&mut c, &o).await;
     assert!(
         events
             .iter()

@@ -25,10 +25,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use ceph::{CephBackend, CephConfig, OmapBackend};
 use cli::client::Clients;
 use futures::StreamExt;
-use iri::meta_v1::ObjectMetadata;
 use iri::volume_v1 as pb;
 use store::{ListOptions, Object, Store};
 
+use super::rss::{available, create_volumes};
 use super::store::{new_volume, BenchImage};
 use super::util::{median, temp_dir};
 use super::{Figure, Opts};
@@ -267,39 +267,6 @@ async fn connect(daemon: &mut Daemon, socket: &Path) -> Result<Clients> {
     }
 }
 
-async fn create_volumes(clients: &Clients, n: usize) -> Result<()> {
-    let results: Vec<_> = futures::stream::iter(0..n)
-        .map(|i| {
-            let mut c = clients.runtime.clone();
-            async move {
-                c.create_volume(pb::CreateVolumeRequest {
-                    volume: Some(pb::Volume {
-                        metadata: Some(ObjectMetadata {
-                            labels: [("bench-index".to_string(), i.to_string())].into(),
-                            ..Default::default()
-                        }),
-                        spec: Some(pb::VolumeSpec {
-                            class: "standard".into(),
-                            resources: Some(pb::VolumeResources {
-                                storage_bytes: 1 << 30,
-                            }),
-                            ..Default::default()
-                        }),
-                        status: None,
-                    }),
-                })
-                .await
-            }
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
-    for r in results {
-        r.map_err(|e| anyhow!("CreateVolume: {e}"))?;
-    }
-    Ok(())
-}
-
 async fn wait_all_available(clients: &Clients, n: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
@@ -311,14 +278,7 @@ async fn wait_all_available(clients: &Clients, n: usize) -> Result<()> {
             .map_err(|e| anyhow!("ListVolumes: {e}"))?
             .into_inner()
             .volumes;
-        let ready = volumes
-            .iter()
-            .filter(|v| {
-                v.status
-                    .as_ref()
-                    .is_some_and(|s| s.state == pb::VolumeState::VolumeAvailable as i32)
-            })
-            .count();
+        let ready = available(&volumes);
         if ready == n {
             return Ok(());
         }

@@ -294,7 +294,7 @@ async fn connect(daemon: &mut Daemon, socket: &Path) -> Result<Clients> {
 }
 
 /// Creates `n` volumes; returns the id of the one created last.
-async fn create_volumes(clients: &Clients, n: usize) -> Result<String> {
+pub(super) async fn create_volumes(clients: &Clients, n: usize) -> Result<String> {
     let results = futures::stream::iter(0..n)
         .map(|i| {
             let mut c = clients.runtime.clone();
@@ -334,7 +334,7 @@ async fn create_volumes(clients: &Clients, n: usize) -> Result<String> {
     Ok(last)
 }
 
-fn available(volumes: &[pb::Volume]) -> usize {
+pub(super) fn available(volumes: &[pb::Volume]) -> usize {
     volumes
         .iter()
         .filter(|v| {
