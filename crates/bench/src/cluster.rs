@@ -19,8 +19,9 @@
 //!   its image, against the Go provider's one write in flight (see `os_volume.rs`).
 //! * `ceph_responsiveness_*`: the same creates while encrypted volumes are formatted and OS-image
 //!   volumes wait for a silent registry, against idle (see `cluster_load.rs`).
-//! * `ceph_list_volumes_*`, `store_omap_*_100k_vs_10k`: the daemon and the omap store at scale,
-//!   in a pool of their own (see `omap_scale.rs`).
+//! * `ceph_list_volumes_*`, `ceph_rss_*`, `store_omap_*_100k_vs_10k`: the daemon (its list
+//!   times and resident memory on the Ceph backend) and the omap store at scale, in a pool of
+//!   their own (see `omap_scale.rs`).
 //! * `ceph_delete_*`: deleting a volume whose snapshot has three restores, deletion policy
 //!   `deferred` against `flatten` (see `delete.rs`).
 //!

@@ -10,6 +10,11 @@
 //!   reference is `rados listomapvals` of the same omap object (every record read raw, no decoding;
 //!   with its process start), median of 3. The note has the create rate (volumes per second until
 //!   all are `AVAILABLE`).
+//! * `ceph_rss_idle_vs_budget` / `ceph_rss_10k_volumes_vs_budget`: `VmRSS` of that daemon, 1 s
+//!   after it first answered `Status` (connected to the cluster, nothing created), and after the
+//!   timed lists and 2 s of quiet, against the same budgets as the `rss` figure (30 and 64 MiB).
+//!   This is the deployment the budget is about: the Ceph build running the Ceph backend (the
+//!   `rss` figure runs the local backend, which keeps a catalogue per image).
 //! * `store_omap_create_100k_vs_10k` / `store_omap_list_100k_vs_10k`: `Store::create` (µs per
 //!   call, 1000 one after the other) and `Store::list` (ms, median of 3) on the omap backend with
 //!   100k records in the collection (the Go layout: one omap object per kind), against the same
@@ -28,7 +33,7 @@ use futures::StreamExt;
 use iri::volume_v1 as pb;
 use store::{ListOptions, Object, Store};
 
-use super::rss::{available, create_volumes};
+use super::rss::{available, create_volumes, rss_of, Rss, IDLE_BUDGET_MIB, LOADED_BUDGET_MIB};
 use super::store::{new_volume, BenchImage};
 use super::util::{median, temp_dir};
 use super::{Figure, Opts};
@@ -186,8 +191,11 @@ fn list_volumes(opts: &Opts, rt: &tokio::runtime::Runtime, admin: &Admin) -> Res
     let mut daemon = Daemon {
         child: cmd.spawn().context("starting cephvol")?,
     };
-    let (rate, p50, p99) = rt.block_on(async {
+    let pid = daemon.child.id();
+    let (rate, p50, p99, idle, loaded) = rt.block_on(async {
         let clients = connect(&mut daemon, &socket).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle = rss_of(pid)?;
         let t = Instant::now();
         create_volumes(&clients, n).await?;
         wait_all_available(&clients, n).await?;
@@ -208,9 +216,11 @@ fn list_volumes(opts: &Opts, rt: &tokio::runtime::Runtime, admin: &Admin) -> Res
                 bail!("listed {listed} volumes, expected {n}");
             }
         }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let loaded = rss_of(pid)?;
         times.sort_by(f64::total_cmp);
         let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-        Ok::<_, anyhow::Error>((rate, at(0.5), at(0.99)))
+        Ok::<_, anyhow::Error>((rate, at(0.5), at(0.99), idle, loaded))
     })?;
     drop(daemon);
     let mut raw = Vec::new();
@@ -231,7 +241,34 @@ fn list_volumes(opts: &Opts, rt: &tokio::runtime::Runtime, admin: &Admin) -> Res
              and provisioned at {rate:.0} volumes/s (8 CreateVolume in flight)"
         )
     };
+    let rss_note = |what: String, rss: Rss| {
+        format!(
+            "{what}; the real daemon, Ceph build, --backend ceph and the omap store on the scale \
+             pool; VmHWM {:.1} MiB, RssAnon {:.1} MiB",
+            rss.hwm_mib, rss.anon_mib
+        )
+    };
     Ok(vec![
+        Figure {
+            name: "ceph_rss_idle_vs_budget".into(),
+            ours: idle.rss_mib,
+            reference: IDLE_BUDGET_MIB,
+            unit: "MiB VmRSS; reference = budget, ratio <= 1 meets it",
+            note: rss_note(
+                "connected to the cluster, 1 s after Status answered".into(),
+                idle,
+            ),
+        },
+        Figure {
+            name: "ceph_rss_10k_volumes_vs_budget".into(),
+            ours: loaded.rss_mib,
+            reference: LOADED_BUDGET_MIB,
+            unit: "MiB VmRSS; reference = budget, ratio <= 1 meets it",
+            note: rss_note(
+                format!("{n} volumes provisioned, after {LISTS} full ListVolumes and 2 s quiet"),
+                loaded,
+            ),
+        },
         Figure {
             name: "ceph_list_volumes_10k_p50_vs_rados_listomapvals".into(),
             ours: p50,

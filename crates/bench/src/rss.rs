@@ -47,8 +47,10 @@ use iri::volume_v1 as pb;
 use super::util::temp_dir;
 use super::{Figure, Opts};
 
-const IDLE_BUDGET_MIB: f64 = 30.0;
-const LOADED_BUDGET_MIB: f64 = 64.0;
+/// The idle budget (MiB `VmRSS`).
+pub(super) const IDLE_BUDGET_MIB: f64 = 30.0;
+/// The budget with 10k volumes after a full `ListVolumes` (MiB `VmRSS`).
+pub(super) const LOADED_BUDGET_MIB: f64 = 64.0;
 
 pub fn run(opts: &Opts, _rt: &tokio::runtime::Runtime) -> Result<Vec<Figure>> {
     let n = if opts.quick { 1_000 } else { 10_000 };
@@ -128,14 +130,14 @@ fn daemon_binary() -> Result<PathBuf> {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Rss {
-    rss_mib: f64,
-    hwm_mib: f64,
-    anon_mib: f64,
+pub(super) struct Rss {
+    pub(super) rss_mib: f64,
+    pub(super) hwm_mib: f64,
+    pub(super) anon_mib: f64,
 }
 
 /// `VmRSS` and `VmHWM` of a process.
-fn rss_of(pid: u32) -> Result<Rss> {
+pub(super) fn rss_of(pid: u32) -> Result<Rss> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let field = |name: &str| -> Result<f64> {

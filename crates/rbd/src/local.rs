@@ -56,6 +56,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+mod metadata;
+use metadata::Metadata;
+
 use crate::pipeline::{is_zero, pipelined_write};
 use crate::{
     BlockBackend, ByteStream, CancellationToken, ChildRef, ImageInfo, ParentSpec, Passphrase,
@@ -100,7 +103,7 @@ struct ImageMeta {
     size: u64,
     parent: Option<LinkMeta>,
     snapshots: Vec<SnapMeta>,
-    metadata: BTreeMap<String, String>,
+    metadata: Metadata,
 }
 
 impl ImageMeta {
@@ -417,7 +420,7 @@ impl BlockBackend for LocalBackend {
             size,
             parent: None,
             snapshots: Vec::new(),
-            metadata: BTreeMap::new(),
+            metadata: Metadata::default(),
         };
         let sync = self.sync();
         self.create_with(&mut catalog, meta, move |data| {
@@ -804,23 +807,30 @@ impl BlockBackend for LocalBackend {
     async fn metadata_get(&self, image: &str, key: &str) -> Result<Option<String>> {
         let catalog = self.inner.catalog.lock().await;
         let meta = catalog.get(image).ok_or_else(|| not_found_image(image))?;
-        Ok(meta.metadata.get(key).cloned())
+        Ok(meta.metadata.get(key))
     }
 
     async fn metadata_set(&self, image: &str, key: &str, value: &str) -> Result<()> {
+        self.metadata_set_all(image, &[(key.to_string(), value.to_string())])
+            .await
+    }
+
+    /// One `meta.json` write for all pairs (the trait's default writes it once per pair).
+    async fn metadata_set_all(&self, image: &str, pairs: &[(String, String)]) -> Result<()> {
         let mut catalog = self.inner.catalog.lock().await;
         let mut meta = catalog
             .get(image)
             .ok_or_else(|| not_found_image(image))?
             .clone();
-        meta.metadata.insert(key.to_string(), value.to_string());
+        meta.metadata
+            .set_all(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         self.store_meta(&mut catalog, meta).await
     }
 
     async fn metadata_list(&self, image: &str) -> Result<BTreeMap<String, String>> {
         let catalog = self.inner.catalog.lock().await;
         let meta = catalog.get(image).ok_or_else(|| not_found_image(image))?;
-        Ok(meta.metadata.clone())
+        Ok(meta.metadata.to_map())
     }
 
     async fn pool_usage(&self) -> Result<PoolUsage> {
