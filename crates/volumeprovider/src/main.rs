@@ -5,9 +5,9 @@
 //! system within about a second of quiet. glibc malloc keeps such memory in its per-thread
 //! arenas (the store's and the local backend's file I/O run on tokio's blocking threads, each of
 //! which gets an arena): 2 s after creating and listing 10k volumes the daemon still held about
-//! 125 MiB, against about 71 MiB with jemalloc (`cephvol-bench rss`, Ceph build; BENCHMARKS.md). jemalloc
-//! with its default settings is no better than glibc there: it returns pages over 10 s, and only
-//! from within later allocator calls. Only Rust allocations go through jemalloc; librbd and
+//! 125 MiB, against about 71 MiB with jemalloc (`cephvol-bench rss`, Ceph build; BENCHMARKS.md).
+//! jemalloc with its default settings is no better than glibc there: it returns pages over 10 s,
+//! and only from within later allocator calls. Only Rust allocations go through jemalloc; librbd and
 //! librados keep glibc malloc. Library users of the `volumeprovider` crate (tests, benches) keep
 //! the system allocator: the setting is the binary's.
 
