@@ -26,6 +26,7 @@ mod backend;
 mod changes;
 mod error;
 mod header;
+mod heap;
 mod image;
 mod lock;
 mod omap;
@@ -46,6 +47,7 @@ pub use backend::{
     DEFAULT_OP_TIMEOUT,
 };
 pub use error::errno_error;
+pub use heap::{bound_c_heap_arenas, trim_c_heap};
 pub use image::{Image, ImageOptions};
 pub use lock::{plain_addr, ExclusiveLock, GuardedWrite, LockOutcome, Locker};
 pub use omap::OmapBackend;

@@ -33,7 +33,31 @@ fn main() -> ExitCode {
             );
         }
     }
+    #[cfg(feature = "ceph")]
+    configure_c_heap();
     volumeprovider::run_main()
+}
+
+/// The C heap of librbd and librados (glibc `malloc`; see `ceph::bound_c_heap_arenas`): one
+/// arena per CPU unless the operator set `MALLOC_ARENA_MAX`, and free memory given back once a
+/// second by a thread of its own (glibc keeps it otherwise), like jemalloc's decay above.
+#[cfg(feature = "ceph")]
+fn configure_c_heap() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        ceph::bound_c_heap_arenas(cpus);
+    }
+    let trim = std::thread::Builder::new()
+        .name("c-heap-trim".into())
+        .spawn(|| loop {
+            std::thread::sleep(std::time::Duration::from_millis(
+                DIRTY_DECAY_MS.unsigned_abs() as u64,
+            ));
+            ceph::trim_c_heap();
+        });
+    if let Err(e) = trim {
+        eprintln!("cephvol: cannot start the C heap trim thread ({e}); continuing without it");
+    }
 }
 
 /// Sets jemalloc up at run time (through its `mallctl` interface):
