@@ -9,7 +9,8 @@
 //! jemalloc with its default settings is no better than glibc there: it returns pages over 10 s,
 //! and only from within later allocator calls. Only Rust allocations go through jemalloc; librbd and
 //! librados keep glibc malloc. Library users of the `volumeprovider` crate (tests, benches) keep
-//! the system allocator: the setting is the binary's.
+//! the system allocator: the setting is the binary's. In the Ceph build the binary also sets up
+//! the C libraries' glibc heap (`configure_c_heap`).
 
 use std::process::ExitCode;
 
