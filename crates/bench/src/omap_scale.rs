@@ -33,7 +33,9 @@ use futures::StreamExt;
 use iri::volume_v1 as pb;
 use store::{ListOptions, Object, Store};
 
-use super::rss::{available, create_volumes, rss_of, Rss, IDLE_BUDGET_MIB, LOADED_BUDGET_MIB};
+use super::rss::{
+    available, create_volumes, rss_of, Rss, BUDGET_UNIT, IDLE_BUDGET_MIB, LOADED_BUDGET_MIB,
+};
 use super::store::{new_volume, BenchImage};
 use super::util::{median, temp_dir};
 use super::{Figure, Opts};
@@ -253,7 +255,7 @@ fn list_volumes(opts: &Opts, rt: &tokio::runtime::Runtime, admin: &Admin) -> Res
             name: "ceph_rss_idle_vs_budget".into(),
             ours: idle.rss_mib,
             reference: IDLE_BUDGET_MIB,
-            unit: "MiB VmRSS; reference = budget, ratio <= 1 meets it",
+            unit: BUDGET_UNIT,
             note: rss_note(
                 "connected to the cluster, 1 s after Status answered".into(),
                 idle,
@@ -263,7 +265,7 @@ fn list_volumes(opts: &Opts, rt: &tokio::runtime::Runtime, admin: &Admin) -> Res
             name: "ceph_rss_10k_volumes_vs_budget".into(),
             ours: loaded.rss_mib,
             reference: LOADED_BUDGET_MIB,
-            unit: "MiB VmRSS; reference = budget, ratio <= 1 meets it",
+            unit: BUDGET_UNIT,
             note: rss_note(
                 format!("{n} volumes provisioned, after {LISTS} full ListVolumes and 2 s quiet"),
                 loaded,

@@ -51,6 +51,8 @@ use super::{Figure, Opts};
 pub(super) const IDLE_BUDGET_MIB: f64 = 30.0;
 /// The budget with 10k volumes after a full `ListVolumes` (MiB `VmRSS`).
 pub(super) const LOADED_BUDGET_MIB: f64 = 64.0;
+/// The unit of every figure measured against these budgets.
+pub(super) const BUDGET_UNIT: &str = "MiB VmRSS; reference = budget, ratio <= 1 meets it";
 
 pub fn run(opts: &Opts, _rt: &tokio::runtime::Runtime) -> Result<Vec<Figure>> {
     let n = if opts.quick { 1_000 } else { 10_000 };
@@ -87,7 +89,7 @@ pub fn run(opts: &Opts, _rt: &tokio::runtime::Runtime) -> Result<Vec<Figure>> {
             name: "rss_idle_vs_budget".into(),
             ours: idle.rss_mib,
             reference: IDLE_BUDGET_MIB,
-            unit: "MiB VmRSS; reference = budget, ratio <= 1 meets it",
+            unit: BUDGET_UNIT,
             note: format!(
                 "{build}, on the embedded default (local backend, data dir on {on}), idle after \
                  start; VmHWM {:.1} MiB, RssAnon {:.1} MiB",
@@ -98,7 +100,7 @@ pub fn run(opts: &Opts, _rt: &tokio::runtime::Runtime) -> Result<Vec<Figure>> {
             name: format!("rss_{}k_volumes_vs_budget", n / 1000),
             ours: loaded.rss_mib,
             reference: LOADED_BUDGET_MIB,
-            unit: "MiB VmRSS; reference = budget, ratio <= 1 meets it",
+            unit: BUDGET_UNIT,
             note: format!(
                 "{n} empty 1 GiB volumes created over gRPC (8 in flight), all Available \
                  ({:.1} s) and listed once (the full ListVolumes took {:.0} ms), then 2 s quiet; \

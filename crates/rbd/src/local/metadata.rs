@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// One image's metadata, sorted by key, encoded as a JSON object in one allocation.
@@ -72,9 +71,7 @@ impl Serialize for Metadata {
 impl<'de> Deserialize<'de> for Metadata {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let map = BTreeMap::<String, String>::deserialize(deserializer)?;
-        serde_json::to_string(&map)
-            .map(|s| Metadata(s.into_boxed_str()))
-            .map_err(D::Error::custom)
+        Ok(Metadata::from_map(&map))
     }
 }
 
