@@ -172,8 +172,19 @@ impl Ceph {
 
     /// Every rbd snapshot of `image` (all namespaces): `(name, namespace type, protected)`.
     pub fn snaps(&self, image: &str) -> Vec<(String, String, bool)> {
-        let v = self.json("rbd", &["snap", "ls", "--all", &self.spec(image)]);
-        v.as_array()
+        self.try_snaps(image).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Ceph::snaps`], `Err` with rbd's answer when the image cannot be opened (e.g. listed by
+    /// `rbd ls` but half-created or half-removed).
+    pub fn try_snaps(&self, image: &str) -> Result<Vec<(String, String, bool)>, String> {
+        let out = self.try_run(
+            "rbd",
+            &["snap", "ls", "--all", &self.spec(image), "--format", "json"],
+        )?;
+        let v: Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("rbd snap ls {image}: bad JSON ({e}): {out}"));
+        Ok(v.as_array()
             .expect("rbd snap ls: array")
             .iter()
             .map(|s| {
@@ -183,7 +194,7 @@ impl Ceph {
                     s["protected"].as_str() == Some("true"),
                 )
             })
-            .collect()
+            .collect())
     }
 
     /// Bytes allocated by `image` itself (not its parent).
@@ -403,7 +414,16 @@ impl Ceph {
             } else {
                 continue;
             }
-            for (snap, ns, _) in self.snaps(name) {
+            let listed = match self.try_snaps(name) {
+                Ok(listed) => listed,
+                Err(e) => {
+                    bad.push(format!(
+                        "rbd image {name} is listed but cannot be opened: {e}"
+                    ));
+                    continue;
+                }
+            };
+            for (snap, ns, _) in listed {
                 if ns != "user" {
                     bad.push(format!("{name}@{snap} left in the {ns} namespace"));
                 } else if name.starts_with("snap_") {

@@ -1026,12 +1026,19 @@ async fn converge(
     flags: &[&str],
     baseline: &Baseline,
 ) -> (Daemon, Clients) {
-    while chaos.converge(&mut c, baseline).await.is_none() {
+    loop {
+        // Dropped before `d` when a check panics (the caller's guard comes too late: by then `d`
+        // and its directory are gone).
+        let keep_log = KeepLogOnPanic(d.dir.path().join("daemon.log"), "e2e_ceph_chaos");
+        let converged = chaos.converge(&mut c, baseline).await.is_some();
+        drop(keep_log);
+        if converged {
+            return (d, c);
+        }
         drop(c);
         d = restart(d, flags).await;
         c = d.clients().await;
     }
-    (d, c)
 }
 
 /// Stops the daemon gracefully (SIGTERM) and starts it again on the same directory.

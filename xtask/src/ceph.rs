@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use crate::testlog::{run_counted, TestCounts};
 use crate::util;
 
 mod cluster;
@@ -246,11 +247,12 @@ pub fn integration(args: &[String]) -> Result<()> {
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let mut failed = Vec::new();
     let mut timings = Vec::new();
+    let mut counts = TestCounts::default();
     for suite in SUITES {
         let t = Instant::now();
         let mut argv: Vec<&str> = suite.to_vec();
         argv.extend(&extra);
-        let result = util::run(&mut suite_command(&cluster, &argv));
+        let result = run_counted(&mut suite_command(&cluster, &argv), &mut counts);
         timings.push((argv.join(" "), t.elapsed()));
         if let Err(e) = result {
             failed.push(format!("{e:#}"));
@@ -274,7 +276,16 @@ pub fn integration(args: &[String]) -> Result<()> {
     for (suite, d) in &timings {
         eprintln!("integration: cargo {suite}: {:.1}s", d.as_secs_f64());
     }
-    eprintln!("integration: total {:.1}s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "integration: {} tests passed, {} failed, {} ignored; total {:.1}s",
+        counts.passed,
+        counts.failed,
+        counts.ignored,
+        t0.elapsed().as_secs_f64()
+    );
+    for name in &counts.failed_tests {
+        eprintln!("integration: failed: {name}");
+    }
     if !failed.is_empty() {
         bail!("integration suites failed:\n{}", failed.join("\n"));
     }

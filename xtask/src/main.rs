@@ -11,6 +11,8 @@
 //! * `bench [NAME] [--quick] [--json PATH]`: benchmarks printing ours vs reference ratios.
 //! * `codegen`: regenerate committed generated code (librbd bindings, gRPC stubs).
 
+use std::process::ExitCode;
+
 use anyhow::{bail, Result};
 
 mod bench;
@@ -19,6 +21,7 @@ mod chaos;
 #[cfg(test)]
 mod checks;
 mod test;
+mod testlog;
 mod util;
 #[cfg_attr(
     not(test),
@@ -29,7 +32,19 @@ mod util;
 )]
 mod workspace;
 
-fn main() -> Result<()> {
+/// Runs the command; an error is printed as its chain of causes, without a backtrace (even when
+/// `RUST_BACKTRACE` is set for the tests), so the last lines of a log say what failed.
+fn main() -> ExitCode {
+    match dispatch() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
         bail!("usage: cargo xtask <test|ceph|integration|chaos|bench|codegen> [args]");

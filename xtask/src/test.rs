@@ -7,13 +7,13 @@
 //! test's output is streamed as it comes and read on the way to add up the `test result:` lines of
 //! all test binaries, so the command ends by saying how many tests ran.
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
+use crate::testlog::{cargo_test_counted, TestCounts};
 use crate::util::{cargo, cargo_command, ensure_debian_packages, root, run as run_cmd};
 use crate::workspace::Workspace;
 
@@ -67,6 +67,9 @@ pub fn run(args: &[String]) -> Result<()> {
         "xtask: {} tests passed, {} failed, {} ignored, in {} test binaries (PROPTEST_CASES={cases})",
         total.passed, total.failed, total.ignored, total.binaries
     );
+    for name in &total.failed_tests {
+        eprintln!("xtask: failed: {name}");
+    }
     result?;
     eprintln!("xtask: all tests passed");
     Ok(())
@@ -149,106 +152,4 @@ fn ensure_python_venv() -> Result<PathBuf> {
         started.elapsed().as_secs_f64()
     );
     Ok(python)
-}
-
-/// What the `test result:` lines of cargo test's binaries add up to.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct TestCounts {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
-    binaries: u64,
-}
-
-impl TestCounts {
-    /// Adds one line of test output if it is a libtest summary, e.g.
-    /// `test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s`.
-    fn add_line(&mut self, line: &str) {
-        let Some(rest) = line.trim().strip_prefix("test result:") else {
-            return;
-        };
-        self.binaries += 1;
-        for part in rest.split(['.', ';']) {
-            let mut words = part.split_whitespace();
-            let (Some(n), Some(what)) = (words.next(), words.next()) else {
-                continue;
-            };
-            let Ok(n) = n.parse::<u64>() else {
-                continue;
-            };
-            match what {
-                "passed" => self.passed += n,
-                "failed" => self.failed += n,
-                "ignored" => self.ignored += n,
-                _ => {}
-            }
-        }
-    }
-}
-
-/// Runs `cargo ARGS` (a `cargo test`), passing its standard output through as it comes while
-/// adding its `test result:` lines to `counts`; fails if cargo fails.
-fn cargo_test_counted(args: &[&str], counts: &mut TestCounts) -> Result<()> {
-    let mut cmd = cargo_command();
-    cmd.args(args).current_dir(root()).stdout(Stdio::piped());
-    eprintln!("xtask: {cmd:?}");
-    let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
-    let mut out = child.stdout.take().context("child stdout is piped")?;
-    let mut stdout = std::io::stdout();
-    let mut buf = [0u8; 8192];
-    let mut line = Vec::new();
-    loop {
-        let n = out.read(&mut buf).context("reading cargo test output")?;
-        if n == 0 {
-            break;
-        }
-        // Pass bytes on at once (a test's `... ok` may come long after its name).
-        stdout.write_all(&buf[..n])?;
-        stdout.flush()?;
-        for &b in &buf[..n] {
-            if b == b'\n' {
-                counts.add_line(&String::from_utf8_lossy(&line));
-                line.clear();
-            } else {
-                line.push(b);
-            }
-        }
-    }
-    counts.add_line(&String::from_utf8_lossy(&line));
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::TestCounts;
-
-    #[test]
-    fn test_result_lines_add_up_passed_failed_and_ignored_counts() {
-        let mut c = TestCounts::default();
-        for line in [
-            "running 3 tests",
-            "test a ... ok",
-            "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
-            "",
-            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 5 filtered out; finished in 1.50s",
-            "   Doc-tests store",
-        ] {
-            c.add_line(line);
-        }
-        assert_eq!(
-            c,
-            TestCounts {
-                passed: 15,
-                failed: 2,
-                ignored: 1,
-                binaries: 2
-            }
-        );
-    }
 }

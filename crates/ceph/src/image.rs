@@ -2,7 +2,7 @@
 //! Every call blocks: run them off the reactor threads.
 
 use std::collections::BTreeMap;
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::Arc;
@@ -360,6 +360,26 @@ impl Image {
     /// ENOENT must never read as "the image is gone" (it made the image reconciler report live
     /// volumes as vanished whenever a snapshot of theirs was being removed).
     pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        let listed = self.snapshot_entries()?;
+        let mut out = Vec::with_capacity(listed.len());
+        for (_, name, size) in listed {
+            let protected = match self.snap_is_protected(&name) {
+                Ok(p) => p,
+                Err(RbdError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            out.push(SnapshotInfo {
+                name,
+                size,
+                protected,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every snapshot `rbd_snap_list` lists, of any namespace, as `(id, name, size)` in id
+    /// (creation) order.
+    fn snapshot_entries(&self) -> Result<Vec<(u64, String, u64)>> {
         let mut cap: c_int = 8;
         loop {
             let empty = sys::rbd_snap_info_t {
@@ -384,21 +404,64 @@ impl Image {
             // freed exactly once.
             unsafe { sys::rbd_snap_list_end(infos.as_mut_ptr()) };
             listed.sort_by_key(|(id, _, _)| *id);
-            let mut out = Vec::with_capacity(n);
-            for (_, name, size) in listed {
-                let protected = match self.snap_is_protected(&name) {
-                    Ok(p) => p,
-                    Err(RbdError::NotFound(_)) => continue,
-                    Err(e) => return Err(e),
-                };
-                out.push(SnapshotInfo {
-                    name,
-                    size,
-                    protected,
-                });
-            }
-            return Ok(out);
+            return Ok(listed);
         }
+    }
+
+    /// The ids of the trash-namespace snapshots that were user snapshot `snap` before a removal
+    /// moved them there (see [`Image::snapshots`]). A removal that ran to its end leaves none; one
+    /// interrupted between the move and the removal proper (its client killed) leaves one for good,
+    /// holding its data, as does a removal that found clone v2 children (librbd removes that one
+    /// when the last child goes).
+    pub fn trashed_snapshots_named(&self, snap: &str) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for (id, _, _) in self.snapshot_entries()? {
+            let mut ns: sys::rbd_snap_namespace_type_t = sys::RBD_SNAP_NAMESPACE_TYPE_USER;
+            // SAFETY: open image; ns is a valid out-pointer.
+            let ret = unsafe { sys::rbd_snap_get_namespace_type(self.raw, id, &mut ns) };
+            if ret == -libc::ENOENT {
+                continue; // removed since the listing
+            }
+            check(ret, || format!("namespace of snapshot {}@{id}", self.name))?;
+            if ns != sys::RBD_SNAP_NAMESPACE_TYPE_TRASH {
+                continue;
+            }
+            match self.trash_original_name(id) {
+                Ok(original) if original == snap => out.push(id),
+                Ok(_) | Err(RbdError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The name a trash-namespace snapshot had in the user namespace.
+    fn trash_original_name(&self, id: u64) -> Result<String> {
+        let mut cap = 128usize;
+        loop {
+            let mut buf = vec![0u8; cap];
+            let out = buf.as_mut_ptr().cast::<c_char>();
+            // SAFETY: open image; buf has room for cap bytes, which is the length librbd is given.
+            let ret = unsafe { sys::rbd_snap_get_trash_namespace(self.raw, id, out, cap) };
+            if ret == -libc::ERANGE && cap < 1 << 16 {
+                cap *= 2;
+                continue;
+            }
+            let what = || format!("original name of trashed snapshot {}@{id}", self.name);
+            check(ret, what)?;
+            let name = CStr::from_bytes_until_nul(&buf)
+                .map_err(|_| RbdError::Other(format!("{}: not NUL-terminated", what())))?;
+            return Ok(name.to_string_lossy().into_owned());
+        }
+    }
+
+    /// Removes a snapshot by id; a trash-namespace one that still has clone v2 children stays
+    /// (librbd answers `Busy` and removes it with its last child).
+    pub fn snap_remove_by_id(&self, id: u64) -> Result<()> {
+        // SAFETY: open image.
+        let ret = unsafe { sys::rbd_snap_remove_by_id(self.raw, id) };
+        check(ret, || format!("remove snapshot {}@{id}", self.name))?;
+        Ok(())
     }
 
     /// Whether a snapshot exists.

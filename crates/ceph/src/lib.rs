@@ -31,6 +31,7 @@ mod image;
 mod lock;
 mod omap;
 mod rados;
+mod stream;
 #[allow(
     non_camel_case_types,
     non_upper_case_globals,

@@ -532,6 +532,7 @@ unsafe extern "C" {
         image: rbd_image_t,
         snapname: *const ::std::os::raw::c_char,
     ) -> ::std::os::raw::c_int;
+    pub fn rbd_snap_remove_by_id(image: rbd_image_t, snap_id: u64) -> ::std::os::raw::c_int;
     pub fn rbd_snap_protect(
         image: rbd_image_t,
         snap_name: *const ::std::os::raw::c_char,
@@ -548,6 +549,17 @@ unsafe extern "C" {
     pub fn rbd_snap_set(
         image: rbd_image_t,
         snapname: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+    pub fn rbd_snap_get_namespace_type(
+        image: rbd_image_t,
+        snap_id: u64,
+        namespace_type: *mut rbd_snap_namespace_type_t,
+    ) -> ::std::os::raw::c_int;
+    pub fn rbd_snap_get_trash_namespace(
+        image: rbd_image_t,
+        snap_id: u64,
+        original_name: *mut ::std::os::raw::c_char,
+        max_length: usize,
     ) -> ::std::os::raw::c_int;
     pub fn rbd_flatten_with_progress(
         image: rbd_image_t,

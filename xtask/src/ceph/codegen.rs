@@ -90,6 +90,9 @@ const FUNCTIONS: &[&str] = &[
     // librbd: snapshots
     "rbd_snap_create",
     "rbd_snap_remove",
+    "rbd_snap_remove_by_id",
+    "rbd_snap_get_namespace_type",
+    "rbd_snap_get_trash_namespace",
     "rbd_snap_protect",
     "rbd_snap_unprotect",
     "rbd_snap_is_protected",
