@@ -516,8 +516,8 @@ impl BlockBackend for CephBackend {
     /// `remove_image(child)`: whole or parentless (in the pool's directory), or half-removed by
     /// a removal of it that was killed in turn (only in the pool's trash: a new clone under the
     /// same name does not collide with it, so it stayed until the volume was deleted; found by
-    /// the chaos test). That removal of a free name costs a directory and a trash lookup, never
-    /// a pool listing.
+    /// the chaos test). Whether there is one costs two omap reads (`IoCtx::may_have_image`),
+    /// never a pool listing.
     async fn clone_image(&self, parent: &str, snap: &str, child: &str) -> Result<()> {
         if self.image_exists(child).await? {
             return Err(RbdError::Exists(format!("image {child} exists")));
@@ -525,7 +525,11 @@ impl BlockBackend for CephBackend {
         let temp = clone_temp_name(child);
         let io = self.io.clone();
         let t = temp.clone();
-        match blocking(move || io.remove_image(&t)).await {
+        let leftover = move || match io.may_have_image(&t)? {
+            true => io.remove_image(&t),
+            false => Ok(()),
+        };
+        match blocking(leftover).await {
             Ok(()) | Err(RbdError::NotFound(_)) => {}
             Err(RbdError::Busy(e)) => {
                 return Err(RbdError::Busy(format!(
