@@ -542,12 +542,22 @@ impl BlockBackend for CephBackend {
         match self.clone_into(parent, snap, &temp).await {
             Ok(()) => {}
             Err(RbdError::Exists(_)) => {
-                // The leftover of an interrupted clone (whole, parentless or half-removed).
-                match self.remove_one(&temp).await {
-                    Ok(()) | Err(RbdError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
+                // A leftover the removal above did not find. librbd creates an image's id object
+                // (`rbd_id.<name>`, exclusively) before it names the image in the directory: a
+                // kill in between leaves only that object, which no removal by name finds and
+                // which fails every later creation under the name with EEXIST.
+                let io = self.io.clone();
+                let t = temp.clone();
+                blocking(move || io.remove_orphan_id_object(&t)).await?;
+                match self.clone_into(parent, snap, &temp).await {
+                    // Never `Exists`: callers read that as "the child exists".
+                    Err(RbdError::Exists(e)) => {
+                        return Err(RbdError::Busy(format!(
+                            "{e}: a leftover of an interrupted clone is in the way; retry"
+                        )))
+                    }
+                    other => other?,
                 }
-                self.clone_into(parent, snap, &temp).await?;
             }
             Err(e) => return Err(e),
         }

@@ -16,9 +16,11 @@
 //! the volume is handed out (librbd reads the metadata when a client opens the image).
 //! It must not be used for anything else.
 //!
-//! Also owns [`IoCtx::may_have_image`], the cheap test for a leftover under an image name: two omap
-//! reads of the same format (the directory's `name_<image>` key; the pool's trash object
-//! `rbd_trash`, one `id_<id>` key per trashed image, where a half-removed image keeps its name).
+//! Also owns the lookups for leftovers of interrupted creations and removals under an image name,
+//! in the same format: [`IoCtx::may_have_image`] (the directory's `name_<image>` key; the pool's
+//! trash object `rbd_trash`, one `id_<id>` key per trashed image, where a half-removed image keeps
+//! its name) and [`IoCtx::remove_orphan_id_object`] (the id object `rbd_id.<image>`, which librbd
+//! creates first and removes when it moves an image to the trash).
 
 use std::collections::BTreeMap;
 
@@ -76,6 +78,20 @@ impl IoCtx {
         }
         let (trashed, _) = self.omap_page(TRASH, "", 1)?;
         Ok(!trashed.is_empty())
+    }
+
+    /// Removes `rbd_id.<name>` when the pool's directory does not name `name`: the id object a
+    /// creation killed before it named the image leaves alone (an image in the directory, or
+    /// moved to the trash, which removes its id object, is never touched). For names only this
+    /// provider creates, one creation at a time (clones' temporary names).
+    pub(crate) fn remove_orphan_id_object(&self, name: &str) -> Result<()> {
+        if self.omap_get(DIRECTORY, &format!("name_{name}"))?.is_some() {
+            return Ok(());
+        }
+        match self.remove_object(&format!("rbd_id.{name}")) {
+            Ok(()) | Err(RbdError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Sets `entries` as metadata of image `name` in one class call on its header (module docs).

@@ -341,7 +341,9 @@ async fn stat_never_reports_a_live_image_missing_while_its_snapshots_come_and_go
 /// by the next clone, and goes with `remove_image(child)` when the volume is deleted instead. A
 /// leftover left half-removed by a kill during its own removal is only in the pool's trash, where
 /// the next clone did not collide with it: it stayed listed for the volume's whole life (also
-/// found by the chaos test); the next clone now finishes its removal first.
+/// found by the chaos test); the next clone now finishes its removal first. A kill between the
+/// first two steps of librbd's image creation leaves only the name's id object, which failed
+/// every later clone with EEXIST (taken as "the child exists"): the next clone removes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs ceph"]
 async fn a_clone_interrupted_before_its_rename_is_made_again_whole_and_never_under_its_own_name() {
@@ -378,7 +380,28 @@ async fn a_clone_interrupted_before_its_rename_is_made_again_whole_and_never_und
             "rados",
             &["rm", &format!("rbd_header.{}", image_id(&temp(&fourth)))],
         );
-        for name in [&child, &other, &third, &fourth] {
+        // A kill between the first two steps of that creation: only the id object
+        // `rbd_id.<name>`, which made every later creation under the name fail with EEXIST.
+        let fifth = unique("img_clonetmp_e");
+        b.create_image(&temp(&fifth), 8 * MIB).await.unwrap();
+        let fifth_id = image_id(&temp(&fifth));
+        cli("rados", &["rm", &format!("rbd_header.{fifth_id}")]);
+        cli(
+            "rados",
+            &[
+                "rmomapkey",
+                "rbd_directory",
+                &format!("name_{}", temp(&fifth)),
+            ],
+        );
+        cli(
+            "rados",
+            &["rmomapkey", "rbd_directory", &format!("id_{fifth_id}")],
+        );
+        assert!(cli("rados", &["ls"])
+            .lines()
+            .any(|o| o == format!("rbd_id.{}", temp(&fifth))));
+        for name in [&child, &other, &third, &fourth, &fifth] {
             assert!(!b.image_exists(name).await.unwrap(), "{name}");
         }
 
@@ -396,7 +419,7 @@ async fn a_clone_interrupted_before_its_rename_is_made_again_whole_and_never_und
             b.clone_image(&parent, "s", &child).await,
             Err(RbdError::Exists(_))
         ));
-        for name in [&third, &fourth] {
+        for name in [&third, &fourth, &fifth] {
             b.clone_image(&parent, "s", name).await.unwrap();
             assert!(b.stat(name).await.unwrap().parent.is_some(), "{name}");
         }
@@ -411,7 +434,12 @@ async fn a_clone_interrupted_before_its_rename_is_made_again_whole_and_never_und
         assert!(!images.contains(&temp(&other)), "{images:?}");
         assert!(!images.contains(&temp(&third)), "{images:?}");
         assert!(!images.contains(&temp(&fourth)), "{images:?}");
+        assert!(!images.contains(&temp(&fifth)), "{images:?}");
 
+        // The fifth was made whole and then cut down to its id object: its object map is not
+        // part of the state a kill leaves, and nothing that goes by name can find it.
+        cli("rados", &["rm", &format!("rbd_object_map.{fifth_id}")]);
+        b.remove_image(&fifth).await.unwrap();
         b.remove_image(&fourth).await.unwrap();
         b.remove_image(&third).await.unwrap();
         b.remove_image(&child).await.unwrap();
