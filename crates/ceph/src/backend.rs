@@ -525,19 +525,11 @@ impl BlockBackend for CephBackend {
         let temp = clone_temp_name(child);
         let io = self.io.clone();
         let t = temp.clone();
-        let leftover = move || match io.may_have_image(&t)? {
-            true => io.remove_image(&t),
-            false => Ok(()),
-        };
-        match blocking(leftover).await {
-            Ok(()) | Err(RbdError::NotFound(_)) => {}
-            Err(RbdError::Busy(e)) => {
-                return Err(RbdError::Busy(format!(
-                    "{e}: the leftover of an interrupted clone keeps a killed client's watch \
-                     (it expires within 30 s)"
-                )))
+        if blocking(move || io.may_have_image(&t)).await? {
+            match self.remove_one(&temp).await {
+                Ok(()) | Err(RbdError::NotFound(_)) => {}
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
         match self.clone_into(parent, snap, &temp).await {
             Ok(()) => {}

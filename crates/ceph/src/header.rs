@@ -68,12 +68,17 @@ fn decode_string(raw: &[u8]) -> Option<String> {
 }
 
 impl IoCtx {
+    /// The pool directory's value for image `name` (its encoded id), `None` when not named there.
+    fn directory_entry(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.omap_get(DIRECTORY, &format!("name_{name}"))
+    }
+
     /// Whether something may be left under image name `name`: the pool's directory names it, or
     /// the pool's trash holds any image (a half-removed one keeps its name there). `false` means
     /// `rbd_remove(name)` would answer ENOENT; the two omap reads cost ~0.3 ms where that
     /// `rbd_remove` costs ~7 ms (both measured on the cluster of `cargo xtask ceph up`).
     pub(crate) fn may_have_image(&self, name: &str) -> Result<bool> {
-        if self.omap_get(DIRECTORY, &format!("name_{name}"))?.is_some() {
+        if self.directory_entry(name)?.is_some() {
             return Ok(true);
         }
         let (trashed, _) = self.omap_page(TRASH, "", 1)?;
@@ -85,7 +90,7 @@ impl IoCtx {
     /// moved to the trash, which removes its id object, is never touched). For names only this
     /// provider creates, one creation at a time (clones' temporary names).
     pub(crate) fn remove_orphan_id_object(&self, name: &str) -> Result<()> {
-        if self.omap_get(DIRECTORY, &format!("name_{name}"))?.is_some() {
+        if self.directory_entry(name)?.is_some() {
             return Ok(());
         }
         match self.remove_object(&format!("rbd_id.{name}")) {
@@ -105,9 +110,7 @@ impl IoCtx {
             return Ok(());
         }
         let missing = || RbdError::NotFound(format!("image {name}"));
-        let raw = self
-            .omap_get(DIRECTORY, &format!("name_{name}"))?
-            .ok_or_else(missing)?;
+        let raw = self.directory_entry(name)?.ok_or_else(missing)?;
         let id = decode_string(&raw).ok_or_else(|| {
             RbdError::Other(format!("{DIRECTORY}: unreadable id of image {name}"))
         })?;
