@@ -44,6 +44,13 @@ const MGR_DISABLED_MODULES: &str = "alerts,diskprediction_local,influx,insights,
 /// the delete figure writes about 10 GiB under the flatten policy).
 const OSD_SIZE: u64 = 24 << 30;
 
+/// Health checks about the free space of the host's file system, not about the cluster: with
+/// them alone the cluster serves every request, so they do not hold up [`Cluster::wait_healthy`].
+/// The disk is shared (build trees, other users), so its free share is not ours to keep above
+/// Ceph's thresholds; `mon_data_avail_crit = 0` keeps the mon from refusing to start on a nearly
+/// full disk, and a wait that ends with the warning present prints it.
+const HOST_DISK_CHECKS: &[&str] = &["MON_DISK_LOW", "MON_DISK_CRIT"];
+
 /// One daemon of the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Daemon {
@@ -405,7 +412,7 @@ mon_allow_pool_delete = true\n\
 auth_allow_insecure_global_id_reclaim = false\n\
 mon_warn_on_insecure_global_id_reclaim_allowed = false\n\
 mon_data_avail_warn = 2\n\
-mon_data_avail_crit = 1\n\
+mon_data_avail_crit = 0\n\
 \n\
 [mon]\n\
 log_file = {d}/log/$cluster-$name.log\n\
@@ -543,8 +550,8 @@ mgr_data = {d}/mgr/$id\n",
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Waits for HEALTH_OK, the OSD up (with the current pid when `check_osd_pid`), an available mgr
-    /// and every PG active+clean.
+    /// Waits for HEALTH_OK (or only [`HOST_DISK_CHECKS`]), the OSD up (with the current pid when
+    /// `check_osd_pid`), an available mgr and every PG active+clean.
     fn wait_healthy(&self, timeout: Duration, check_osd_pid: bool) -> Result<()> {
         let start = Instant::now();
         let deadline = start + timeout;
@@ -583,13 +590,15 @@ mgr_data = {d}/mgr/$id\n",
     /// `None` when healthy, else what is missing.
     fn health_state(&self, check_osd_pid: bool) -> Result<Option<String>> {
         let status: Value = serde_json::from_str(&self.ceph(&["status", "-f", "json"])?)?;
-        let health = status["health"]["status"].as_str().unwrap_or("?");
-        if health != "HEALTH_OK" {
-            return Ok(Some(format!(
-                "health {health}: {}",
-                status["health"]["checks"]
-            )));
+        if let Some(why) = health_blocker(&status) {
+            return Ok(Some(why));
         }
+        let host_disk_note = (status["health"]["status"] != "HEALTH_OK").then(|| {
+            format!(
+                "ceph: note: the host's disk is low, not held up by it: {}",
+                status["health"]["checks"]
+            )
+        });
         if status["osdmap"]["num_up_osds"].as_u64() != Some(1) {
             return Ok(Some("osd not up".into()));
         }
@@ -623,6 +632,9 @@ mgr_data = {d}/mgr/$id\n",
                     "osd address {addr} is not the current instance {pid}"
                 )));
             }
+        }
+        if let Some(note) = host_disk_note {
+            eprintln!("{note}");
         }
         Ok(None)
     }
@@ -704,6 +716,23 @@ mgr_data = {d}/mgr/$id\n",
         }
         Ok(())
     }
+}
+
+/// What in `ceph status -f json`'s health holds a wait up: `None` for HEALTH_OK and for warnings
+/// that are all [`HOST_DISK_CHECKS`].
+fn health_blocker(status: &Value) -> Option<String> {
+    let health = status["health"]["status"].as_str().unwrap_or("?");
+    if health == "HEALTH_OK" {
+        return None;
+    }
+    let only_host_disk = status["health"]["checks"]
+        .as_object()
+        .is_some_and(|checks| {
+            checks
+                .keys()
+                .all(|check| HOST_DISK_CHECKS.contains(&check.as_str()))
+        });
+    (!only_host_disk).then(|| format!("health {health}: {}", status["health"]["checks"]))
 }
 
 /// Installs the Debian packages that are missing (one `apt-get update`, then one install).
@@ -801,4 +830,31 @@ fn signal(pid: u32, sig: &str) -> Result<()> {
         eprintln!("ceph: kill -{sig} {pid} failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::health_blocker;
+    use serde_json::json;
+
+    #[test]
+    fn a_cluster_warning_only_about_the_host_disk_does_not_hold_a_wait_up() {
+        let low_disk = json!({"health": {"status": "HEALTH_WARN", "checks": {
+            "MON_DISK_LOW": {"severity": "HEALTH_WARN"}}}});
+        assert_eq!(health_blocker(&low_disk), None);
+        assert_eq!(
+            health_blocker(&json!({"health": {"status": "HEALTH_OK"}})),
+            None
+        );
+    }
+
+    #[test]
+    fn any_other_warning_holds_a_wait_up_and_is_named() {
+        let osd_down = json!({"health": {"status": "HEALTH_WARN", "checks": {
+            "MON_DISK_LOW": {}, "OSD_DOWN": {}}}});
+        let why = health_blocker(&osd_down).expect("OSD_DOWN blocks");
+        assert!(why.contains("OSD_DOWN"), "{why}");
+        let no_checks = json!({"health": {"status": "HEALTH_ERR"}});
+        assert!(health_blocker(&no_checks).is_some());
+    }
 }
