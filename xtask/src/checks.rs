@@ -6,7 +6,7 @@
 //! Each check collects every offender before failing, so one run lists all that needs fixing.
 //!
 //! * [`sources`]: every Rust file documents itself (`//!`), no debugging leftovers, only the `ceph`
-//!   crate writes `unsafe` or links librbd/librados and each of its `unsafe` blocks says why it is
+//!   crate writes `unsafe` or links or loads librbd/librados and each of its `unsafe` blocks says why it is
 //!   sound, no source file over [`sources::MAX_LINES`] lines without a `// size: <reason>` comment.
 //! * [`manifests`]: every member but `ceph` inherits the workspace lints (`unsafe_code = "forbid"`);
 //!   `ceph` keeps them all except that one.

@@ -18,9 +18,9 @@ use crate::util::{cargo, cargo_command, ensure_debian_packages, root, run as run
 use crate::workspace::Workspace;
 
 /// Debian packages the test suites need: a real OCI registry for the populate tests, and the
-/// librbd/librados development files that the `ceph` crate's test binaries link against.
+/// librbd/librados runtime libraries that the `ceph` crate's tests load (building needs neither).
 /// `make` builds jemalloc, the daemon binary's allocator (`tikv-jemalloc-sys`).
-const TEST_PACKAGES: &[&str] = &["docker-registry", "librbd-dev", "librados-dev", "make"];
+const TEST_PACKAGES: &[&str] = &["docker-registry", "librbd1", "librados2", "make"];
 
 /// Installs what the tests need, then runs fmt check, `cargo machete`, clippy (warnings denied) and
 /// every workspace test, property tests at 1,000 cases (`--long`: 10,000) unless `PROPTEST_CASES`

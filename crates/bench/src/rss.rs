@@ -9,10 +9,12 @@
 //! when it exists: tmpfs pages are not mapped into the daemon, so they do not count in its RSS,
 //! and the volumes are created faster than on a disk that syncs every record.
 //!
-//! Which build: the figure is meant for the daemon **built with the `ceph` feature** (librbd and
-//! librados linked and loaded: about 17 MiB of both figures, though the local backend is what it
-//! runs). The notes say which build was measured, read from the daemon's own mappings
-//! (`librbd.so` in `/proc/<pid>/maps`), not from this binary's features. `cargo xtask bench`
+//! Which build: the figure is meant for the daemon **built with the `ceph` feature**. That build
+//! loads librbd and librados only when it connects to a cluster (`crates/ceph/src/libs.rs`), so on
+//! the local backend they are not mapped; when they were linked they were about 16 MiB of both
+//! figures. The notes say which build was measured, read from the daemon's `--version` (which
+//! names its backends), and whether librbd is mapped (`librbd.so` in `/proc/<pid>/maps`), not
+//! from this binary's features. `cargo xtask bench`
 //! builds with `ceph` only when a Ceph figure (`store`, `ceph`) runs with the cluster up, so
 //! `cargo xtask bench rss` alone measures the build without it; for the Ceph build run
 //! `cargo build --release -p volumeprovider -p bench --bins --features volumeprovider/ceph,bench/ceph`
@@ -26,8 +28,8 @@
 //!   would; `VmRSS` is read after 2 s of quiet. The peak (`VmHWM`), `RssAnon` and how long the
 //!   last full list took (client decoding included) are in the note.
 //!
-//! What the daemon holds after the quiet is, beyond the mapped files (about 27 MiB with the Ceph
-//! libraries, 12 MiB without), what it keeps per volume (the local backend's in-memory catalogue, the
+//! What the daemon holds after the quiet is, beyond the mapped files (about 12 MiB without the
+//! Ceph libraries, 27 MiB when they were linked), what it keeps per volume (the local backend's in-memory catalogue, the
 //! controllers' state) plus what its allocator has not given back. The binary's allocator is
 //! jemalloc, set to give unused pages back within about a second (see
 //! `crates/volumeprovider/src/main.rs`); with glibc malloc, which keeps freed memory in its
@@ -74,10 +76,12 @@ pub fn run(opts: &Opts, _rt: &tokio::runtime::Runtime) -> Result<Vec<Figure>> {
         }
     };
     stopped?;
-    let build = if m.ceph_linked {
-        "cephvol built with the ceph feature (librbd/librados mapped)"
-    } else {
-        "cephvol built WITHOUT the ceph feature (no librbd mapped)"
+    let build = match (built_with_ceph(&bin)?, m.ceph_linked) {
+        (true, false) => {
+            "cephvol built with the ceph feature (librbd not loaded: the local backend)"
+        }
+        (true, true) => "cephvol built with the ceph feature (librbd/librados mapped)",
+        (false, _) => "cephvol built WITHOUT the ceph feature",
     };
     let on = if shm.is_dir() {
         "tmpfs /dev/shm"
@@ -231,12 +235,27 @@ struct Measured {
     took: Duration,
     /// The last full ListVolumes (the one that found all volumes Available).
     list: Duration,
-    /// Whether librbd is mapped into the daemon (it was built with the `ceph` feature).
+    /// Whether librbd is mapped into the daemon.
     ceph_linked: bool,
 }
 
-/// Whether `librbd` is mapped into the process: the daemon binary was built with the `ceph`
-/// feature (which this bench's own features do not tell: `$CEPHVOL_BIN` may be another build).
+/// Whether the daemon binary was built with the `ceph` feature, from its `--version` (which names
+/// the backends it offers); this bench's own features do not tell: `$CEPHVOL_BIN` may be another
+/// build.
+fn built_with_ceph(bin: &Path) -> Result<bool> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("{} --version", bin.display()))?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !version.contains("(backends: ") {
+        bail!("{} --version: unexpected answer {version:?}", bin.display());
+    }
+    Ok(version.contains(", ceph)"))
+}
+
+/// Whether `librbd` is mapped into the process: the Ceph build loads it at its first connection
+/// to a cluster, so on the local backend it should not be.
 fn ceph_linked(pid: u32) -> Result<bool> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .with_context(|| format!("reading /proc/{pid}/maps"))?;

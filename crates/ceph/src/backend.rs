@@ -302,7 +302,7 @@ impl CephBackend {
     }
 
     fn options(&self) -> Result<ImageOptions> {
-        let mut opts = ImageOptions::new();
+        let mut opts = ImageOptions::new()?;
         opts.set_str(sys::RBD_IMAGE_OPTION_DATA_POOL, self.io.pool())?;
         Ok(opts)
     }

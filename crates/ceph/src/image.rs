@@ -8,6 +8,7 @@ use std::ptr;
 use std::sync::Arc;
 
 use crate::error::check;
+use crate::libs::libs;
 use crate::rados::{cstring, from_c, IoCtx, IoCtxHandle};
 use crate::sys;
 use rbd::{ChildRef, ParentSpec, Passphrase, RbdError, Result, SnapshotInfo};
@@ -17,18 +18,21 @@ pub struct ImageOptions(sys::rbd_image_options_t);
 
 impl ImageOptions {
     /// Empty options (librbd's `rbd_create4` must never get a NULL options handle: it crashes).
-    pub fn new() -> ImageOptions {
+    /// Loads the Ceph libraries if no connection did yet, hence the `Result`.
+    pub fn new() -> Result<ImageOptions> {
+        let libraries = crate::libs::load()?;
         let mut raw: sys::rbd_image_options_t = ptr::null_mut();
         // SAFETY: raw is a valid out-pointer; the handle is destroyed by Drop.
-        unsafe { sys::rbd_image_options_create(&mut raw) };
-        ImageOptions(raw)
+        unsafe { libraries.rbd_image_options_create(&mut raw) };
+        Ok(ImageOptions(raw))
     }
 
     /// Sets a string option (e.g. `RBD_IMAGE_OPTION_DATA_POOL`).
     pub fn set_str(&mut self, option: u32, value: &str) -> Result<&mut Self> {
         let v = cstring(value)?;
         // SAFETY: self.0 is a live options handle; v is NUL-terminated and copied by librbd.
-        let ret = unsafe { sys::rbd_image_options_set_string(self.0, option as c_int, v.as_ptr()) };
+        let ret =
+            unsafe { libs().rbd_image_options_set_string(self.0, option as c_int, v.as_ptr()) };
         check(ret, || format!("image option {option} = {value:?}"))?;
         Ok(self)
     }
@@ -36,7 +40,7 @@ impl ImageOptions {
     /// Sets an integer option (e.g. `RBD_IMAGE_OPTION_CLONE_FORMAT`).
     pub fn set_u64(&mut self, option: u32, value: u64) -> Result<&mut Self> {
         // SAFETY: self.0 is a live options handle.
-        let ret = unsafe { sys::rbd_image_options_set_uint64(self.0, option as c_int, value) };
+        let ret = unsafe { libs().rbd_image_options_set_uint64(self.0, option as c_int, value) };
         check(ret, || format!("image option {option} = {value}"))?;
         Ok(self)
     }
@@ -46,16 +50,10 @@ impl ImageOptions {
 // another thread is fine (it is not Sync: never used by two threads at once).
 unsafe impl Send for ImageOptions {}
 
-impl Default for ImageOptions {
-    fn default() -> Self {
-        ImageOptions::new()
-    }
-}
-
 impl Drop for ImageOptions {
     fn drop(&mut self) {
         // SAFETY: self.0 came from rbd_image_options_create and is destroyed exactly once.
-        unsafe { sys::rbd_image_options_destroy(self.0) }
+        unsafe { libs().rbd_image_options_destroy(self.0) }
     }
 }
 
@@ -64,7 +62,7 @@ impl IoCtx {
     pub fn create_image(&self, name: &str, size: u64, opts: &ImageOptions) -> Result<()> {
         let n = cstring(name)?;
         // SAFETY: live ioctx, NUL-terminated name, live (non-NULL) options handle.
-        let ret = unsafe { sys::rbd_create4(self.raw(), n.as_ptr(), size, opts.0) };
+        let ret = unsafe { libs().rbd_create4(self.raw(), n.as_ptr(), size, opts.0) };
         check(ret, || format!("create image {name}"))?;
         Ok(())
     }
@@ -81,7 +79,7 @@ impl IoCtx {
         let (p, s, c) = (cstring(parent)?, cstring(snap)?, cstring(child)?);
         // SAFETY: both ioctxs are live; all names are NUL-terminated; opts is a live handle.
         let ret = unsafe {
-            sys::rbd_clone3(
+            libs().rbd_clone3(
                 self.raw(),
                 p.as_ptr(),
                 s.as_ptr(),
@@ -100,7 +98,7 @@ impl IoCtx {
     pub fn rename_image(&self, from: &str, to: &str) -> Result<()> {
         let (f, t) = (cstring(from)?, cstring(to)?);
         // SAFETY: live ioctx; both names NUL-terminated.
-        let ret = unsafe { sys::rbd_rename(self.raw(), f.as_ptr(), t.as_ptr()) };
+        let ret = unsafe { libs().rbd_rename(self.raw(), f.as_ptr(), t.as_ptr()) };
         check(ret, || format!("rename image {from} to {to}"))?;
         Ok(())
     }
@@ -109,7 +107,7 @@ impl IoCtx {
     pub fn remove_image(&self, name: &str) -> Result<()> {
         let n = cstring(name)?;
         // SAFETY: live ioctx, NUL-terminated name.
-        let ret = unsafe { sys::rbd_remove(self.raw(), n.as_ptr()) };
+        let ret = unsafe { libs().rbd_remove(self.raw(), n.as_ptr()) };
         check(ret, || format!("remove image {name}"))?;
         Ok(())
     }
@@ -127,7 +125,7 @@ impl IoCtx {
             ];
             let mut n = cap;
             // SAFETY: specs has room for n entries; librbd fills at most n and reports the count.
-            let ret = unsafe { sys::rbd_list2(self.raw(), specs.as_mut_ptr(), &mut n) };
+            let ret = unsafe { libs().rbd_list2(self.raw(), specs.as_mut_ptr(), &mut n) };
             if ret == -libc::ERANGE {
                 cap = n.max(cap * 2);
                 continue;
@@ -135,7 +133,7 @@ impl IoCtx {
             check(ret, || format!("list images of {}", self.pool()))?;
             let mut names: Vec<String> = specs[..n].iter().map(|s| from_c(s.name)).collect();
             // SAFETY: the first n entries were filled by rbd_list2 and are freed exactly once here.
-            unsafe { sys::rbd_image_spec_list_cleanup(specs.as_mut_ptr(), n) };
+            unsafe { libs().rbd_image_spec_list_cleanup(specs.as_mut_ptr(), n) };
             names.sort();
             return Ok(names);
         }
@@ -148,9 +146,9 @@ impl IoCtx {
         let s_ptr = s.as_ref().map_or(ptr::null(), |s| s.as_ptr());
         let mut raw: sys::rbd_image_t = ptr::null_mut();
         let open = if read_only {
-            sys::rbd_open_read_only
+            libs().rbd_open_read_only
         } else {
-            sys::rbd_open
+            libs().rbd_open
         };
         // SAFETY: live ioctx; NUL-terminated names (snap may be NULL = head); raw is a valid
         // out-pointer. librbd duplicates the ioctx internally; we keep ours alive anyway.
@@ -184,7 +182,7 @@ impl Drop for Image {
     fn drop(&mut self) {
         if !self.raw.is_null() {
             // SAFETY: raw is an open image, closed exactly once (close() nulls it before drop).
-            let ret = unsafe { sys::rbd_close(self.raw) };
+            let ret = unsafe { libs().rbd_close(self.raw) };
             if ret < 0 {
                 tracing::warn!(image = %self.name, ret, "rbd_close failed");
             }
@@ -232,7 +230,7 @@ impl Completion {
         let mut c: sys::rbd_completion_t = ptr::null_mut();
         // SAFETY: c is a valid out-pointer; the callback is a no-op that never unwinds.
         let ret =
-            unsafe { sys::rbd_aio_create_completion(ptr::null_mut(), Some(aio_noop), &mut c) };
+            unsafe { libs().rbd_aio_create_completion(ptr::null_mut(), Some(aio_noop), &mut c) };
         check(ret, || "rbd_aio_create_completion".into())?;
         Ok(Completion(c))
     }
@@ -240,9 +238,9 @@ impl Completion {
     /// Waits for the request and returns its return value.
     pub(crate) fn wait(&self) -> isize {
         // SAFETY: self.0 is a live completion that was handed to an aio request.
-        unsafe { sys::rbd_aio_wait_for_complete(self.0) };
+        unsafe { libs().rbd_aio_wait_for_complete(self.0) };
         // SAFETY: the request completed (waited above).
-        unsafe { sys::rbd_aio_get_return_value(self.0) }
+        unsafe { libs().rbd_aio_get_return_value(self.0) }
     }
 }
 
@@ -250,7 +248,7 @@ impl Drop for Completion {
     fn drop(&mut self) {
         // SAFETY: self.0 came from rbd_aio_create_completion and is released exactly once; callers
         // wait for completion before dropping a completion whose request was submitted.
-        unsafe { sys::rbd_aio_release(self.0) }
+        unsafe { libs().rbd_aio_release(self.0) }
     }
 }
 
@@ -295,7 +293,7 @@ impl Image {
     pub fn close(mut self) -> Result<()> {
         let raw = std::mem::replace(&mut self.raw, ptr::null_mut());
         // SAFETY: raw is an open image; self.raw is now NULL so Drop will not close it again.
-        let ret = unsafe { sys::rbd_close(raw) };
+        let ret = unsafe { libs().rbd_close(raw) };
         check(ret, || format!("close image {}", self.name))?;
         Ok(())
     }
@@ -305,7 +303,7 @@ impl Image {
     pub fn size(&self) -> Result<u64> {
         let mut size = 0u64;
         // SAFETY: open image; size is a valid out-pointer.
-        let ret = unsafe { sys::rbd_get_size(self.raw, &mut size) };
+        let ret = unsafe { libs().rbd_get_size(self.raw, &mut size) };
         check(ret, || format!("size of {}", self.name))?;
         Ok(size)
     }
@@ -313,7 +311,7 @@ impl Image {
     /// Grows or shrinks the image.
     pub fn resize(&self, size: u64) -> Result<()> {
         // SAFETY: open image.
-        let ret = unsafe { sys::rbd_resize(self.raw, size) };
+        let ret = unsafe { libs().rbd_resize(self.raw, size) };
         check(ret, || format!("resize {} to {size}", self.name))?;
         Ok(())
     }
@@ -334,7 +332,7 @@ impl Image {
             name: ptr::null_mut(),
         };
         // SAFETY: open image; both out-structs are valid and freed below only on success.
-        let ret = unsafe { sys::rbd_get_parent(self.raw, &mut image, &mut snap) };
+        let ret = unsafe { libs().rbd_get_parent(self.raw, &mut image, &mut snap) };
         if ret == -libc::ENOENT {
             return Ok(None);
         }
@@ -345,9 +343,9 @@ impl Image {
             snapshot: from_c(snap.name),
         };
         // SAFETY: filled by rbd_get_parent and cleaned exactly once.
-        unsafe { sys::rbd_linked_image_spec_cleanup(&mut image) };
+        unsafe { libs().rbd_linked_image_spec_cleanup(&mut image) };
         // SAFETY: filled by rbd_get_parent and cleaned exactly once.
-        unsafe { sys::rbd_snap_spec_cleanup(&mut snap) };
+        unsafe { libs().rbd_snap_spec_cleanup(&mut snap) };
         Ok(Some(parent))
     }
 
@@ -390,7 +388,7 @@ impl Image {
             let mut infos = vec![empty; cap as usize];
             let mut max = cap;
             // SAFETY: infos has room for max entries (librbd needs count + 1 for its terminator).
-            let ret = unsafe { sys::rbd_snap_list(self.raw, infos.as_mut_ptr(), &mut max) };
+            let ret = unsafe { libs().rbd_snap_list(self.raw, infos.as_mut_ptr(), &mut max) };
             if ret == -libc::ERANGE {
                 cap = max.max(cap * 2);
                 continue;
@@ -402,7 +400,7 @@ impl Image {
                 .collect();
             // SAFETY: infos was filled by a successful rbd_snap_list (terminated by a NULL name);
             // freed exactly once.
-            unsafe { sys::rbd_snap_list_end(infos.as_mut_ptr()) };
+            unsafe { libs().rbd_snap_list_end(infos.as_mut_ptr()) };
             listed.sort_by_key(|(id, _, _)| *id);
             return Ok(listed);
         }
@@ -418,7 +416,7 @@ impl Image {
         for (id, _, _) in self.snapshot_entries()? {
             let mut ns: sys::rbd_snap_namespace_type_t = sys::RBD_SNAP_NAMESPACE_TYPE_USER;
             // SAFETY: open image; ns is a valid out-pointer.
-            let ret = unsafe { sys::rbd_snap_get_namespace_type(self.raw, id, &mut ns) };
+            let ret = unsafe { libs().rbd_snap_get_namespace_type(self.raw, id, &mut ns) };
             if ret == -libc::ENOENT {
                 continue; // removed since the listing
             }
@@ -442,7 +440,7 @@ impl Image {
             let mut buf = vec![0u8; cap];
             let out = buf.as_mut_ptr().cast::<c_char>();
             // SAFETY: open image; buf has room for cap bytes, which is the length librbd is given.
-            let ret = unsafe { sys::rbd_snap_get_trash_namespace(self.raw, id, out, cap) };
+            let ret = unsafe { libs().rbd_snap_get_trash_namespace(self.raw, id, out, cap) };
             if ret == -libc::ERANGE && cap < 1 << 16 {
                 cap *= 2;
                 continue;
@@ -459,7 +457,7 @@ impl Image {
     /// (librbd answers `Busy` and removes it with its last child).
     pub fn snap_remove_by_id(&self, id: u64) -> Result<()> {
         // SAFETY: open image.
-        let ret = unsafe { sys::rbd_snap_remove_by_id(self.raw, id) };
+        let ret = unsafe { libs().rbd_snap_remove_by_id(self.raw, id) };
         check(ret, || format!("remove snapshot {}@{id}", self.name))?;
         Ok(())
     }
@@ -469,7 +467,7 @@ impl Image {
         let s = cstring(snap)?;
         let mut exists = false;
         // SAFETY: open image; s NUL-terminated; exists is a valid out-pointer.
-        let ret = unsafe { sys::rbd_snap_exists(self.raw, s.as_ptr(), &mut exists) };
+        let ret = unsafe { libs().rbd_snap_exists(self.raw, s.as_ptr(), &mut exists) };
         check(ret, || format!("snapshot {}@{snap} exists", self.name))?;
         Ok(exists)
     }
@@ -478,7 +476,7 @@ impl Image {
     pub fn snap_create(&self, snap: &str) -> Result<()> {
         let s = cstring(snap)?;
         // SAFETY: open image; s NUL-terminated.
-        let ret = unsafe { sys::rbd_snap_create(self.raw, s.as_ptr()) };
+        let ret = unsafe { libs().rbd_snap_create(self.raw, s.as_ptr()) };
         check(ret, || format!("create snapshot {}@{snap}", self.name))?;
         Ok(())
     }
@@ -487,7 +485,7 @@ impl Image {
     pub fn snap_remove(&self, snap: &str) -> Result<()> {
         let s = cstring(snap)?;
         // SAFETY: open image; s NUL-terminated.
-        let ret = unsafe { sys::rbd_snap_remove(self.raw, s.as_ptr()) };
+        let ret = unsafe { libs().rbd_snap_remove(self.raw, s.as_ptr()) };
         check(ret, || format!("remove snapshot {}@{snap}", self.name))?;
         Ok(())
     }
@@ -496,7 +494,7 @@ impl Image {
     pub fn snap_protect(&self, snap: &str) -> Result<()> {
         let s = cstring(snap)?;
         // SAFETY: open image; s NUL-terminated.
-        let ret = unsafe { sys::rbd_snap_protect(self.raw, s.as_ptr()) };
+        let ret = unsafe { libs().rbd_snap_protect(self.raw, s.as_ptr()) };
         check(ret, || format!("protect snapshot {}@{snap}", self.name))?;
         Ok(())
     }
@@ -505,7 +503,7 @@ impl Image {
     pub fn snap_unprotect(&self, snap: &str) -> Result<()> {
         let s = cstring(snap)?;
         // SAFETY: open image; s NUL-terminated.
-        let ret = unsafe { sys::rbd_snap_unprotect(self.raw, s.as_ptr()) };
+        let ret = unsafe { libs().rbd_snap_unprotect(self.raw, s.as_ptr()) };
         check(ret, || format!("unprotect snapshot {}@{snap}", self.name))?;
         Ok(())
     }
@@ -515,7 +513,7 @@ impl Image {
         let s = cstring(snap)?;
         let mut protected: c_int = 0;
         // SAFETY: open image; s NUL-terminated; protected is a valid out-pointer.
-        let ret = unsafe { sys::rbd_snap_is_protected(self.raw, s.as_ptr(), &mut protected) };
+        let ret = unsafe { libs().rbd_snap_is_protected(self.raw, s.as_ptr(), &mut protected) };
         check(ret, || format!("snapshot {}@{snap}", self.name))?;
         Ok(protected != 0)
     }
@@ -536,7 +534,7 @@ impl Image {
             let mut specs = vec![empty; cap];
             let mut n = cap;
             // SAFETY: specs has room for n entries; librbd fills at most n and reports the count.
-            let ret = unsafe { sys::rbd_list_children3(self.raw, specs.as_mut_ptr(), &mut n) };
+            let ret = unsafe { libs().rbd_list_children3(self.raw, specs.as_mut_ptr(), &mut n) };
             if ret == -libc::ERANGE {
                 cap = n.max(cap * 2);
                 continue;
@@ -551,7 +549,7 @@ impl Image {
                 })
                 .collect();
             // SAFETY: the first n entries were filled by rbd_list_children3; freed exactly once.
-            unsafe { sys::rbd_linked_image_spec_list_cleanup(specs.as_mut_ptr(), n) };
+            unsafe { libs().rbd_linked_image_spec_list_cleanup(specs.as_mut_ptr(), n) };
             out.sort();
             out.dedup();
             return Ok(out);
@@ -568,7 +566,7 @@ impl Image {
         // SAFETY: open image; the callback never unwinds (catch_unwind) and state outlives the call
         // (librbd invokes the callback only until rbd_flatten_with_progress returns).
         let ret = unsafe {
-            sys::rbd_flatten_with_progress(
+            libs().rbd_flatten_with_progress(
                 self.raw,
                 Some(flatten_progress),
                 &mut state as *mut FlattenState<'_> as *mut c_void,
@@ -594,7 +592,7 @@ impl Image {
             let rest = &mut buf[done..];
             // SAFETY: open image; rest is a writable buffer of rest.len() bytes.
             let ret = unsafe {
-                sys::rbd_read(
+                libs().rbd_read(
                     self.raw,
                     offset + done as u64,
                     rest.len(),
@@ -622,7 +620,7 @@ impl Image {
             let rest = &data[done..];
             // SAFETY: open image; rest is a readable buffer of rest.len() bytes.
             let ret = unsafe {
-                sys::rbd_write(
+                libs().rbd_write(
                     self.raw,
                     offset + done as u64,
                     rest.len(),
@@ -653,7 +651,7 @@ impl Image {
         // SAFETY: open image; data stays alive (moved into PendingWrite) until the completion is
         // waited for; the completion is live and owned by PendingWrite.
         let ret = unsafe {
-            sys::rbd_aio_write(
+            libs().rbd_aio_write(
                 self.raw,
                 offset,
                 data.len(),
@@ -680,7 +678,7 @@ impl Image {
     /// Flushes cached writes.
     pub fn flush(&self) -> Result<()> {
         // SAFETY: open image.
-        let ret = unsafe { sys::rbd_flush(self.raw) };
+        let ret = unsafe { libs().rbd_flush(self.raw) };
         check(ret, || format!("flush {}", self.name))?;
         Ok(())
     }
@@ -691,7 +689,7 @@ impl Image {
         // SAFETY: open image; opts is a valid LUKS2 options struct whose passphrase pointer lives
         // for the call; the size matches the struct.
         let ret = unsafe {
-            sys::rbd_encryption_format(
+            libs().rbd_encryption_format(
                 self.raw,
                 sys::RBD_ENCRYPTION_FORMAT_LUKS2,
                 &mut opts as *mut _ as *mut c_void,
@@ -707,7 +705,7 @@ impl Image {
         let mut opts = self.luks2_options(passphrase);
         // SAFETY: as in encryption_format_luks2.
         let ret = unsafe {
-            sys::rbd_encryption_load(
+            libs().rbd_encryption_load(
                 self.raw,
                 sys::RBD_ENCRYPTION_FORMAT_LUKS2,
                 &mut opts as *mut _ as *mut c_void,
@@ -736,7 +734,7 @@ impl Image {
             let mut len = cap;
             // SAFETY: open image; k NUL-terminated; buf has len writable bytes.
             let ret = unsafe {
-                sys::rbd_metadata_get(
+                libs().rbd_metadata_get(
                     self.raw,
                     k.as_ptr(),
                     buf.as_mut_ptr() as *mut c_char,
@@ -760,7 +758,7 @@ impl Image {
     pub fn metadata_set(&self, key: &str, value: &str) -> Result<()> {
         let (k, v) = (cstring(key)?, cstring(value)?);
         // SAFETY: open image; both strings NUL-terminated.
-        let ret = unsafe { sys::rbd_metadata_set(self.raw, k.as_ptr(), v.as_ptr()) };
+        let ret = unsafe { libs().rbd_metadata_set(self.raw, k.as_ptr(), v.as_ptr()) };
         check(ret, || format!("set metadata {key:?} of {}", self.name))?;
         Ok(())
     }
@@ -769,7 +767,7 @@ impl Image {
     pub fn metadata_remove(&self, key: &str) -> Result<()> {
         let k = cstring(key)?;
         // SAFETY: open image; k NUL-terminated.
-        let ret = unsafe { sys::rbd_metadata_remove(self.raw, k.as_ptr()) };
+        let ret = unsafe { libs().rbd_metadata_remove(self.raw, k.as_ptr()) };
         check(ret, || format!("remove metadata {key:?} of {}", self.name))?;
         Ok(())
     }
@@ -785,7 +783,7 @@ impl Image {
             // SAFETY: open image; start NUL-terminated; keys/vals have key_len/val_len writable
             // bytes; max = 0 lists every pair.
             let ret = unsafe {
-                sys::rbd_metadata_list(
+                libs().rbd_metadata_list(
                     self.raw,
                     start.as_ptr(),
                     0,

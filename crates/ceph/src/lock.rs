@@ -25,6 +25,7 @@ use std::ffi::c_char;
 use std::time::Duration;
 
 use crate::error::check;
+use crate::libs::libs;
 use crate::rados::{cstring, IoCtx, WriteOutcome, WriteStep};
 use crate::sys;
 use rbd::{RbdError, Result};
@@ -147,7 +148,7 @@ impl ExclusiveLock {
         // SAFETY: live ioctx; the four strings are NUL-terminated and outlive the call; tv is a
         // valid timeval librados only reads.
         let ret = unsafe {
-            sys::rados_lock_exclusive(
+            libs().rados_lock_exclusive(
                 self.io.raw(),
                 oid.as_ptr(),
                 name.as_ptr(),
@@ -191,7 +192,7 @@ impl ExclusiveLock {
         );
         // SAFETY: live ioctx; the strings are NUL-terminated and outlive the call.
         let ret = unsafe {
-            sys::rados_unlock(self.io.raw(), oid.as_ptr(), name.as_ptr(), cookie.as_ptr())
+            libs().rados_unlock(self.io.raw(), oid.as_ptr(), name.as_ptr(), cookie.as_ptr())
         };
         match -ret {
             0 => Ok(LockOutcome::Held),
@@ -223,7 +224,7 @@ impl ExclusiveLock {
             // SAFETY: live ioctx; names NUL-terminated; every buffer has the length passed with it
             // and outlives the call; librados writes at most that many bytes and the needed sizes.
             let ret = unsafe {
-                sys::rados_list_lockers(
+                libs().rados_list_lockers(
                     self.io.raw(),
                     oid.as_ptr(),
                     name.as_ptr(),
@@ -278,7 +279,7 @@ impl ExclusiveLock {
         );
         // SAFETY: live ioctx; the strings are NUL-terminated and outlive the call.
         let ret = unsafe {
-            sys::rados_break_lock(
+            libs().rados_break_lock(
                 self.io.raw(),
                 oid.as_ptr(),
                 name.as_ptr(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::check;
+use crate::libs::libs;
 use crate::sys;
 use rbd::{RbdError, Result};
 
@@ -29,7 +30,7 @@ impl Drop for ClusterHandle {
     fn drop(&mut self) {
         // SAFETY: self.0 came from rados_create2 and is shut down exactly once, here; every IoCtx
         // holds an Arc to this handle, so none outlives it.
-        unsafe { sys::rados_shutdown(self.0) }
+        unsafe { libs().rados_shutdown(self.0) }
     }
 }
 
@@ -85,16 +86,18 @@ impl Rados {
             opts.user.trim_start_matches("client.")
         ))?;
         let cluster_name = cstring("ceph")?;
+        crate::libs::load()?;
         let mut raw: sys::rados_t = ptr::null_mut();
         // SAFETY: raw is a valid out-pointer; the names are NUL-terminated and outlive the call.
-        let ret = unsafe { sys::rados_create2(&mut raw, cluster_name.as_ptr(), name.as_ptr(), 0) };
+        let ret =
+            unsafe { libs().rados_create2(&mut raw, cluster_name.as_ptr(), name.as_ptr(), 0) };
         check(ret, || "rados_create2".into())?;
         // From here on the handle is shut down by Drop, even when configuration fails.
         let handle = ClusterHandle(raw);
         if let Some(conf) = opts.conf_file {
             let path = cstring(&conf.display().to_string())?;
             // SAFETY: handle.0 is a created, not yet connected cluster; path is NUL-terminated.
-            let ret = unsafe { sys::rados_conf_read_file(handle.0, path.as_ptr()) };
+            let ret = unsafe { libs().rados_conf_read_file(handle.0, path.as_ptr()) };
             check(ret, || format!("reading {}", conf.display()))?;
         }
         // Set after the conf file, so that the caller's bounds win over the file's.
@@ -118,11 +121,11 @@ impl Rados {
         for (key, value) in settings {
             let (k, v) = (cstring(key)?, cstring(&value)?);
             // SAFETY: handle.0 is a created cluster; both strings are NUL-terminated.
-            let ret = unsafe { sys::rados_conf_set(handle.0, k.as_ptr(), v.as_ptr()) };
+            let ret = unsafe { libs().rados_conf_set(handle.0, k.as_ptr(), v.as_ptr()) };
             check(ret, || format!("setting {key}"))?;
         }
         // SAFETY: handle.0 is configured and not connected yet.
-        let ret = unsafe { sys::rados_connect(handle.0) };
+        let ret = unsafe { libs().rados_connect(handle.0) };
         check(ret, || {
             format!("connecting to the cluster as {}", name.to_string_lossy())
         })?;
@@ -137,7 +140,7 @@ impl Rados {
         let mut io: sys::rados_ioctx_t = ptr::null_mut();
         // SAFETY: the cluster is connected (Rados exists only after rados_connect succeeded); io is a
         // valid out-pointer; name is NUL-terminated.
-        let ret = unsafe { sys::rados_ioctx_create(self.cluster.0, name.as_ptr(), &mut io) };
+        let ret = unsafe { libs().rados_ioctx_create(self.cluster.0, name.as_ptr(), &mut io) };
         check(ret, || format!("opening pool {pool}"))?;
         Ok(IoCtx {
             inner: Arc::new(IoCtxHandle {
@@ -152,14 +155,14 @@ impl Rados {
     /// connection, never reused by the cluster.
     pub fn instance_id(&self) -> u64 {
         // SAFETY: the cluster is connected; the call only reads the client's id.
-        unsafe { sys::rados_get_instance_id(self.cluster.0) }
+        unsafe { libs().rados_get_instance_id(self.cluster.0) }
     }
 
     /// This client's address as the cluster sees it (the form `osd blocklist add` takes).
     pub fn addrs(&self) -> Result<String> {
         let mut out: *mut c_char = ptr::null_mut();
         // SAFETY: the cluster is connected; out is a valid out-pointer.
-        let ret = unsafe { sys::rados_getaddrs(self.cluster.0, &mut out) };
+        let ret = unsafe { libs().rados_getaddrs(self.cluster.0, &mut out) };
         check(ret, || "reading this client's address".into())?;
         if out.is_null() {
             return Err(RbdError::Other("rados_getaddrs returned NULL".into()));
@@ -181,7 +184,7 @@ impl Rados {
         // SAFETY: the cluster is connected; c is NUL-terminated and outlives the call (librados
         // only reads it, the `*mut` in the prototype is historical).
         let ret =
-            unsafe { sys::rados_blocklist_add(self.cluster.0, c.as_ptr() as *mut c_char, secs) };
+            unsafe { libs().rados_blocklist_add(self.cluster.0, c.as_ptr() as *mut c_char, secs) };
         check(ret, || format!("blocklisting {addr}"))?;
         Ok(())
     }
@@ -197,7 +200,7 @@ impl Rados {
         // SAFETY: cmds holds one valid NUL-terminated string that outlives the call; the out-pointers
         // are valid; no input buffer is passed (NULL, 0).
         let ret = unsafe {
-            sys::rados_mon_command(
+            libs().rados_mon_command(
                 self.cluster.0,
                 cmds.as_ptr() as *mut *const c_char,
                 1,
@@ -216,7 +219,7 @@ impl Rados {
             // SAFETY: librados allocated `len` readable bytes at buf for us.
             let v = unsafe { std::slice::from_raw_parts(buf as *const u8, len) }.to_vec();
             // SAFETY: buf came from librados and is freed exactly once, with its own free function.
-            unsafe { sys::rados_buffer_free(buf) };
+            unsafe { libs().rados_buffer_free(buf) };
             v
         };
         let out = take(out, out_len);
@@ -251,7 +254,7 @@ impl Drop for IoCtxHandle {
     fn drop(&mut self) {
         // SAFETY: io came from rados_ioctx_create and is destroyed exactly once, here; every Image
         // opened on it holds an Arc to this handle, so none outlives it.
-        unsafe { sys::rados_ioctx_destroy(self.io) }
+        unsafe { libs().rados_ioctx_destroy(self.io) }
     }
 }
 
@@ -313,7 +316,7 @@ struct WriteOp(sys::rados_write_op_t);
 impl Drop for WriteOp {
     fn drop(&mut self) {
         // SAFETY: self.0 came from rados_create_write_op and is released exactly once.
-        unsafe { sys::rados_release_write_op(self.0) }
+        unsafe { libs().rados_release_write_op(self.0) }
     }
 }
 
@@ -323,7 +326,7 @@ struct ReadOp(sys::rados_read_op_t);
 impl Drop for ReadOp {
     fn drop(&mut self) {
         // SAFETY: self.0 came from rados_create_read_op and is released exactly once.
-        unsafe { sys::rados_release_read_op(self.0) }
+        unsafe { libs().rados_release_read_op(self.0) }
     }
 }
 
@@ -337,7 +340,7 @@ impl Drop for OmapIter {
     fn drop(&mut self) {
         if !self.0.is_null() {
             // SAFETY: self.0 was filled in by a successful read op and is ended exactly once.
-            unsafe { sys::rados_omap_get_end(self.0) }
+            unsafe { libs().rados_omap_get_end(self.0) }
         }
     }
 }
@@ -357,7 +360,7 @@ impl OmapIter {
             // SAFETY: self.0 is a live iterator; the out-pointers are valid. The returned buffers are
             // owned by the iterator and copied before the next call.
             let ret = unsafe {
-                sys::rados_omap_get_next2(self.0, &mut key, &mut val, &mut key_len, &mut val_len)
+                libs().rados_omap_get_next2(self.0, &mut key, &mut val, &mut key_len, &mut val_len)
             };
             check(ret, || "reading omap values".into())?;
             if key.is_null() {
@@ -403,7 +406,7 @@ impl IoCtx {
         let oid = cstring(object)?;
         let has_exec = steps.iter().any(|s| matches!(s, WriteStep::Exec { .. }));
         // SAFETY: plain constructor; the result is owned (and released) by WriteOp.
-        let op = WriteOp(unsafe { sys::rados_create_write_op() });
+        let op = WriteOp(unsafe { libs().rados_create_write_op() });
         if op.0.is_null() {
             return Err(RbdError::Other(
                 "rados_create_write_op returned NULL".into(),
@@ -422,7 +425,7 @@ impl IoCtx {
                         sys::LIBRADOS_CREATE_IDEMPOTENT
                     };
                     // SAFETY: op.0 is a live write op; the category argument is deprecated (NULL ok).
-                    unsafe { sys::rados_write_op_create(op.0, mode as c_int, ptr::null()) };
+                    unsafe { libs().rados_write_op_create(op.0, mode as c_int, ptr::null()) };
                 }
                 WriteStep::OmapCmpEq { key, value } => {
                     let mut prval = Box::new(0);
@@ -430,7 +433,7 @@ impl IoCtx {
                     // (the C API encodes them into the op's bufferlist at call time); prval is a
                     // heap slot that lives until after operate.
                     unsafe {
-                        sys::rados_write_op_omap_cmp2(
+                        libs().rados_write_op_omap_cmp2(
                             op.0,
                             key.as_ptr() as *const c_char,
                             sys::LIBRADOS_CMPXATTR_OP_EQ as u8,
@@ -450,7 +453,7 @@ impl IoCtx {
                     // SAFETY: op.0 is live; the four arrays have one element each, matching num=1;
                     // librados copies keys and values into the op at call time.
                     unsafe {
-                        sys::rados_write_op_omap_set2(
+                        libs().rados_write_op_omap_set2(
                             op.0,
                             keys.as_ptr(),
                             vals.as_ptr(),
@@ -471,7 +474,7 @@ impl IoCtx {
                     // until after operate (librados keeps the pointers); the input is copied into the
                     // op at call time; prval is a heap slot that lives until after operate.
                     unsafe {
-                        sys::rados_write_op_exec(
+                        libs().rados_write_op_exec(
                             op.0,
                             class.as_ptr(),
                             method.as_ptr(),
@@ -490,7 +493,12 @@ impl IoCtx {
                     // SAFETY: op.0 is live; both arrays have one element, matching keys_len=1; the
                     // key is copied into the op at call time.
                     unsafe {
-                        sys::rados_write_op_omap_rm_keys2(op.0, keys.as_ptr(), key_lens.as_ptr(), 1)
+                        libs().rados_write_op_omap_rm_keys2(
+                            op.0,
+                            keys.as_ptr(),
+                            key_lens.as_ptr(),
+                            1,
+                        )
                     };
                 }
             }
@@ -498,7 +506,7 @@ impl IoCtx {
         // SAFETY: op.0 is a fully built write op; self.raw() is a live ioctx; oid is NUL-terminated;
         // NULL mtime means "now"; the class/method names live in `names` until after operate.
         let ret = unsafe {
-            sys::rados_write_op_operate2(
+            libs().rados_write_op_operate2(
                 op.0,
                 self.raw(),
                 oid.as_ptr(),
@@ -527,7 +535,7 @@ impl IoCtx {
     pub(crate) fn omap_get(&self, object: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let oid = cstring(object)?;
         // SAFETY: plain constructor; owned and released by ReadOp.
-        let op = ReadOp(unsafe { sys::rados_create_read_op() });
+        let op = ReadOp(unsafe { libs().rados_create_read_op() });
         if op.0.is_null() {
             return Err(RbdError::Other("rados_create_read_op returned NULL".into()));
         }
@@ -538,7 +546,7 @@ impl IoCtx {
         // SAFETY: op.0 is live; the key arrays have one element (num_keys=1) and stay alive until
         // operate returns; iter.0 and prval are valid out-slots that outlive operate.
         unsafe {
-            sys::rados_read_op_omap_get_vals_by_keys2(
+            libs().rados_read_op_omap_get_vals_by_keys2(
                 op.0,
                 keys.as_ptr(),
                 1,
@@ -549,7 +557,7 @@ impl IoCtx {
         };
         // SAFETY: op.0 is fully built; ioctx live; oid NUL-terminated.
         let ret = unsafe {
-            sys::rados_read_op_operate(
+            libs().rados_read_op_operate(
                 op.0,
                 self.raw(),
                 oid.as_ptr(),
@@ -578,7 +586,7 @@ impl IoCtx {
         let start = cstring(start_after)?;
         let prefix = cstring("")?;
         // SAFETY: plain constructor; owned and released by ReadOp.
-        let op = ReadOp(unsafe { sys::rados_create_read_op() });
+        let op = ReadOp(unsafe { libs().rados_create_read_op() });
         if op.0.is_null() {
             return Err(RbdError::Other("rados_create_read_op returned NULL".into()));
         }
@@ -588,7 +596,7 @@ impl IoCtx {
         // SAFETY: op.0 is live; start/prefix are NUL-terminated and outlive operate; iter.0, more and
         // prval are valid out-slots that outlive operate.
         unsafe {
-            sys::rados_read_op_omap_get_vals2(
+            libs().rados_read_op_omap_get_vals2(
                 op.0,
                 start.as_ptr(),
                 prefix.as_ptr(),
@@ -600,7 +608,7 @@ impl IoCtx {
         };
         // SAFETY: op.0 is fully built; ioctx live; oid NUL-terminated.
         let ret = unsafe {
-            sys::rados_read_op_operate(
+            libs().rados_read_op_operate(
                 op.0,
                 self.raw(),
                 oid.as_ptr(),
@@ -621,7 +629,7 @@ impl IoCtx {
     pub fn remove_object(&self, object: &str) -> Result<()> {
         let oid = cstring(object)?;
         // SAFETY: live ioctx; oid NUL-terminated.
-        let ret = unsafe { sys::rados_remove(self.raw(), oid.as_ptr()) };
+        let ret = unsafe { libs().rados_remove(self.raw(), oid.as_ptr()) };
         check(ret, || format!("removing object {}/{object}", self.pool))?;
         Ok(())
     }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::check;
+use crate::libs::libs;
 use crate::rados::{cstring, IoCtx};
 use crate::sys;
 use rbd::Result;
@@ -65,7 +66,7 @@ unsafe extern "C" fn on_notify(
     // SAFETY: the ioctx outlives the watch (ObjectWatch holds an IoCtx clone); oid is
     // NUL-terminated; no reply payload (NULL, 0). notify_ack only queues an op, it does not wait.
     unsafe {
-        sys::rados_notify_ack(
+        libs().rados_notify_ack(
             ctx.io,
             ctx.oid.as_ptr(),
             notify_id,
@@ -126,7 +127,7 @@ impl ObjectWatch {
         // SAFETY: live ioctx; oid NUL-terminated; cookie a valid out-slot; the callbacks are
         // `extern "C"` with librados' signatures; ctx stays valid until close frees it.
         let ret = unsafe {
-            sys::rados_watch2(
+            libs().rados_watch2(
                 io.raw(),
                 oid.as_ptr(),
                 &mut cookie,
@@ -165,10 +166,10 @@ impl ObjectWatch {
         // SAFETY: cookie came from a successful rados_watch2 on this ioctx and is unwatched
         // once (a failed session still needs the unwatch to free librados' side; its error is
         // irrelevant here).
-        let _ = unsafe { sys::rados_unwatch2(self.io.raw(), self.cookie) };
+        let _ = unsafe { libs().rados_unwatch2(self.io.raw(), self.cookie) };
         // SAFETY: the cluster is alive (IoCtx holds it); this waits until every queued callback,
         // including ours, has run.
-        let _ = unsafe { sys::rados_watch_flush(self.io.rados_raw()) };
+        let _ = unsafe { libs().rados_watch_flush(self.io.rados_raw()) };
         // SAFETY: no callback of this watch can run any more (unwatched and flushed); the box is
         // freed exactly once (ctx is nulled).
         drop(unsafe { Box::from_raw(self.ctx) });
@@ -196,7 +197,7 @@ impl IoCtx {
         // SAFETY: live ioctx; oid NUL-terminated; payload readable for len bytes (copied by
         // librados); reply/reply_len valid out-slots.
         let ret = unsafe {
-            sys::rados_notify2(
+            libs().rados_notify2(
                 self.raw(),
                 oid.as_ptr(),
                 payload.as_ptr() as *const c_char,
@@ -208,7 +209,7 @@ impl IoCtx {
         };
         if !reply.is_null() {
             // SAFETY: the reply buffer was allocated by librados for us; freed exactly once.
-            unsafe { sys::rados_buffer_free(reply) };
+            unsafe { libs().rados_buffer_free(reply) };
         }
         if ret == -libc::ETIMEDOUT {
             return Ok(());

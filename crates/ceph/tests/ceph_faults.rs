@@ -69,7 +69,7 @@ async fn a_clone_in_another_pool_is_flattened_there_and_its_parent_can_then_be_r
         b.create_snapshot(&parent, "s").await.unwrap();
         b.protect_snapshot(&parent, "s").await.unwrap();
         let far_io = b.rados().ioctx(&other.0).unwrap();
-        let mut opts = ImageOptions::new();
+        let mut opts = ImageOptions::new().unwrap();
         opts.set_u64(ceph::sys::RBD_IMAGE_OPTION_CLONE_FORMAT, 1)
             .unwrap();
         b.ioctx()
@@ -362,7 +362,7 @@ async fn a_clone_interrupted_before_its_rename_is_made_again_whole_and_never_und
         b.create_image(&temp(&child), 8 * MIB).await.unwrap();
         // A kill after the clone, before the rename: a whole clone under the temporary name.
         let other = unique("img_clonetmp_b");
-        let mut opts = ImageOptions::new();
+        let mut opts = ImageOptions::new().unwrap();
         opts.set_u64(ceph::sys::RBD_IMAGE_OPTION_CLONE_FORMAT, 1)
             .unwrap();
         b.ioctx()

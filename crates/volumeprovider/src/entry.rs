@@ -7,11 +7,20 @@ use clap::{Parser, Subcommand};
 
 use crate::flags::DaemonArgs;
 
+/// `cephvol --version`: the version and the backends this build offers (the `ceph` feature adds
+/// `ceph`), so an operator, a deployment check or the benchmarks can tell the builds apart.
+#[cfg(feature = "ceph")]
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (backends: local, ceph)");
+/// `cephvol --version`: the version and the backends this build offers (the `ceph` feature adds
+/// `ceph`), so an operator, a deployment check or the benchmarks can tell the builds apart.
+#[cfg(not(feature = "ceph"))]
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (backends: local)");
+
 /// `cephvol`: Ceph RBD volume provider for ironcore (IRI VolumeRuntime) and its CLI.
 #[derive(Debug, Parser)]
 #[command(
     name = "cephvol",
-    version,
+    version = VERSION,
     about = "Ceph RBD volume provider for ironcore (IRI VolumeRuntime) and its CLI",
     long_about = "Without a subcommand cephvol runs the daemon with the given flags (see `cephvol serve --help`).\n\
                   With no flags at all it serves on /var/run/iri-volumeprovider.sock using the embedded local backend.",
@@ -73,5 +82,19 @@ mod tests {
             Some(Command::Client(c)) if matches!(*c, cli::Command::Get(_))
         ));
         assert!(Cli::try_parse_from(["cephvol", "--ceph-pool=p", "get", "volume"]).is_err());
+    }
+
+    #[test]
+    fn the_version_names_the_backends_of_this_build() {
+        let version = Cli::try_parse_from(["cephvol", "--version"])
+            .expect_err("--version ends the parse")
+            .to_string();
+        assert!(version.starts_with("cephvol 0."), "{version}");
+        assert!(version.contains("(backends: local"), "{version}");
+        assert_eq!(
+            version.contains(", ceph)"),
+            cfg!(feature = "ceph"),
+            "{version}"
+        );
     }
 }

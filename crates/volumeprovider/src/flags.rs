@@ -464,8 +464,8 @@ impl DaemonArgs {
         if self.backend_kind() == BackendKind::Ceph && !cfg!(feature = "ceph") {
             return Err(Error::Unsupported(format!(
                 "the Ceph backend is selected ({}) but this cephvol was built without it: build \
-                 it with `cargo build --release -p volumeprovider --features ceph` (needs Debian's \
-                 librbd-dev and librados-dev) or use a release built that way",
+                 it with `cargo build --release -p volumeprovider --features ceph` or use a \
+                 release built that way (`cephvol --version` names a build's backends)",
                 if self.backend.is_some() {
                     "--backend ceph".to_string()
                 } else {

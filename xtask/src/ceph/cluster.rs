@@ -21,14 +21,15 @@ use serde_json::Value;
 
 use crate::util;
 
-/// Debian packages a cluster (and building the `ceph` feature of crates/rbd) needs.
+/// Debian packages a cluster (and the clients of the suites: librbd1 and librados2, which the
+/// `ceph` crate loads when it connects) needs.
 pub const CLUSTER_PACKAGES: &[&str] = &[
     "ceph-mon",
     "ceph-osd",
     "ceph-mgr",
     "ceph-common",
-    "librbd-dev",
-    "librados-dev",
+    "librbd1",
+    "librados2",
 ];
 
 /// The pool the provider works in.

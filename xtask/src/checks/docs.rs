@@ -170,7 +170,7 @@ fn readme_starts_with_the_run_and_test_commands() {
 
 #[test]
 fn architecture_doc_states_the_unsafe_invariant() {
-    assert!(architecture().contains("only crates/ceph links librbd/librados or uses unsafe"));
+    assert!(architecture().contains("only crates/ceph loads librbd/librados or uses unsafe"));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::{assert_no_offenders, member, member_files, read, rel, rust_files, workspace};
 
-/// The crate that may use `unsafe` and link librbd/librados.
+/// The crate that may use `unsafe` and load librbd/librados.
 const CEPH: &str = "ceph";
 
 /// Longest a `.rs` file may be without a `// size: <reason>` comment in its first lines.
@@ -121,6 +121,9 @@ fn only_the_ceph_crate_uses_unsafe_or_links_ceph() {
                 if links_native && (code.contains("rbd") || code.contains("rados")) {
                     found.push("links librbd/librados");
                 }
+                if code.contains(concat!("lib", "loading")) {
+                    found.push("loads a library at run time");
+                }
                 for n in found {
                     offenders.push(format!("{}:{}: `{n}`", rel(&f), i + 1));
                 }
@@ -128,7 +131,7 @@ fn only_the_ceph_crate_uses_unsafe_or_links_ceph() {
         }
     }
     assert_no_offenders(
-        "only crates/ceph may use unsafe or link librbd/librados",
+        "only crates/ceph may use unsafe or load librbd/librados",
         &offenders,
     );
 }
