@@ -11,7 +11,7 @@
 //!
 //! Which build: the figure is meant for the daemon **built with the `ceph` feature**. That build
 //! loads librbd and librados only when it connects to a cluster (`crates/ceph/src/libs.rs`), so on
-//! the local backend they are not mapped; when they were linked they were about 16 MiB of both
+//! the local backend they are not mapped; when they were linked they were 17–18 MiB of both
 //! figures. The notes say which build was measured, read from the daemon's `--version` (which
 //! names its backends), and whether librbd is mapped (`librbd.so` in `/proc/<pid>/maps`), not
 //! from this binary's features. `cargo xtask bench`

@@ -3,7 +3,7 @@
 //!
 //! Why not link them: a binary built with the `ceph` feature then maps no Ceph library while it
 //! runs on another backend (the embedded default). The libraries' code and static initialisers
-//! were about 16 MiB of such a daemon's idle resident memory (BENCHMARKS.md, *rss*). And a host
+//! were 17–18 MiB of such a daemon's resident memory, idle or not (BENCHMARKS.md, *rss*). And a host
 //! without them gets an error that names the Debian package when it asks for Ceph, not a loader
 //! failure before `main`.
 //!
