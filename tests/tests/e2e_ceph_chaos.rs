@@ -401,7 +401,7 @@ impl Chaos {
     /// retries of the blocked work have backed off meanwhile, and converges again.
     async fn converge(&mut self, c: &mut Clients, baseline: &Baseline) -> Option<Duration> {
         let t = Instant::now();
-        let mut orphans_checked = false;
+        let mut orphan_check = OrphanCheck::start();
         loop {
             let vols: BTreeMap<String, pb::Volume> = ops::list(c)
                 .await
@@ -498,11 +498,8 @@ impl Chaos {
                 }
                 return Some(t.elapsed());
             }
-            if !orphans_checked && t.elapsed() >= ORPHAN_CHECK_AFTER {
-                orphans_checked = true;
-                if self.heal_orphan_watches() {
-                    return None;
-                }
+            if orphan_check.healed(self) {
+                return None;
             }
             assert!(
                 t.elapsed() < CONVERGE,
@@ -873,20 +870,15 @@ async fn sigkills_at_random_moments_lose_nothing_and_leave_nothing_behind() {
         checked_snaps += 1;
     }
     let mut t_settle = Instant::now();
-    let mut orphans_checked = false;
+    let mut orphan_check = OrphanCheck::start();
     let mut bad = ceph.inconsistencies();
     while !bad.is_empty() && t_settle.elapsed() < SETTLE {
         // Work the socket does not show (e.g. removing the leftovers of an internal image) can
         // wait on a watch the OSD never expires, as a convergence can: the same remedy.
-        if !orphans_checked && t_settle.elapsed() >= ORPHAN_CHECK_AFTER {
-            orphans_checked = true;
-            if chaos.heal_orphan_watches() {
-                // Its failure backoff may have grown long meanwhile: a restart retries at once.
-                drop(c);
-                d = restart(d, &flags).await;
-                c = d.clients().await;
-                t_settle = Instant::now();
-            }
+        if orphan_check.healed(&mut chaos) {
+            // Its failure backoff may have grown long meanwhile: a restart retries at once.
+            (d, c) = restart_with_clients(d, c, &flags).await;
+            t_settle = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         bad = ceph.inconsistencies();
@@ -938,7 +930,7 @@ async fn sigkills_at_random_moments_lose_nothing_and_leave_nothing_behind() {
         s.deleted = true;
     }
     let t_clean = Instant::now();
-    let mut cleanup_orphans_checked = false;
+    let mut orphan_check = OrphanCheck::start();
     loop {
         let vols = ops::list(&mut c).await.len();
         let snaps = ops::list_snapshots(&mut c).await.len();
@@ -950,13 +942,8 @@ async fn sigkills_at_random_moments_lose_nothing_and_leave_nothing_behind() {
         if vols <= baseline.volumes.len() && snaps <= baseline.snapshots.len() && ours == 0 {
             break;
         }
-        if !cleanup_orphans_checked && t_clean.elapsed() >= ORPHAN_CHECK_AFTER {
-            cleanup_orphans_checked = true;
-            if chaos.heal_orphan_watches() {
-                drop(c);
-                d = restart(d, &flags).await;
-                c = d.clients().await;
-            }
+        if orphan_check.healed(&mut chaos) {
+            (d, c) = restart_with_clients(d, c, &flags).await;
         }
         assert!(
             t_clean.elapsed() < CLEANUP,
@@ -1048,9 +1035,7 @@ async fn converge(
         if converged {
             return (d, c);
         }
-        drop(c);
-        d = restart(d, flags).await;
-        c = d.clients().await;
+        (d, c) = restart_with_clients(d, c, flags).await;
     }
 }
 
@@ -1060,4 +1045,38 @@ async fn restart(mut d: Daemon, flags: &[&str]) -> Daemon {
     assert!(status.success(), "daemon exit {status}:\n{}", d.logs());
     let dir = d.into_dir_after_exit();
     Daemon::start_in(cephvol_bin!(), dir, flags).await
+}
+
+/// [`restart`], with the old clients dropped first and new ones connected.
+async fn restart_with_clients(d: Daemon, c: Clients, flags: &[&str]) -> (Daemon, Clients) {
+    drop(c);
+    let d = restart(d, flags).await;
+    let c = d.clients().await;
+    (d, c)
+}
+
+/// The one look a wait takes for watches the OSD never expires, after it has waited
+/// [`ORPHAN_CHECK_AFTER`]: a convergence, the final settling and the clean-up each have one.
+struct OrphanCheck {
+    since: Instant,
+    done: bool,
+}
+
+impl OrphanCheck {
+    fn start() -> OrphanCheck {
+        OrphanCheck {
+            since: Instant::now(),
+            done: false,
+        }
+    }
+
+    /// Whether this wait found and cleared such watches now ([`Chaos::heal_orphan_watches`]):
+    /// looked for once, when [`ORPHAN_CHECK_AFTER`] has passed.
+    fn healed(&mut self, chaos: &mut Chaos) -> bool {
+        if self.done || self.since.elapsed() < ORPHAN_CHECK_AFTER {
+            return false;
+        }
+        self.done = true;
+        chaos.heal_orphan_watches()
+    }
 }
